@@ -1,0 +1,209 @@
+"""Configuration: a TOML file, then DUO_SIDECAR_<SECTION>_<KEY> environment overrides, validated at start.
+
+Errors name the file (or variable) and the key, so an operator can fix them without reading code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from sidecar.domain import DeploymentType
+
+ENV_PREFIX = "DUO_SIDECAR_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names where it is and what to do."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:50051"
+    grace_period_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = "127.0.0.1:9236"
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    deployment_type: str = "self_managed"
+    ai_gateway_url: str = "https://cloud.gitlab.com/ai"
+    catalog_path: str = ""
+
+    @property
+    def deployment(self) -> DeploymentType:
+        return DeploymentType[self.deployment_type.upper()]
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = "sqlite"
+    path: str = "var/sidecar.db"
+    dsn: str = ""
+    token_key_file: str = ""
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.path).parent
+
+    @property
+    def token_key_path(self) -> Path:
+        return Path(self.token_key_file) if self.token_key_file else self.data_dir / "token.key"
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    client_secret_file: str = ""
+    admin_secret_file: str = ""
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    instance: InstanceConfig = field(default_factory=InstanceConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: str = "built-in defaults"
+
+
+_SECTION_TYPES: dict[str, type[Any]] = {
+    "server": ServerConfig,
+    "metrics": MetricsConfig,
+    "instance": InstanceConfig,
+    "storage": StorageConfig,
+    "auth": AuthConfig,
+    "log": LogConfig,
+}
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Converts a TOML value or environment string to the type of the field's default."""
+    expected = type(default)
+    if isinstance(value, str) and expected is not str:
+        try:
+            if expected is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1")
+            return expected(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}") from None
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
+    return value
+
+
+def _host_port(value: str, where: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: expected HOST:PORT (such as 127.0.0.1:50051), got {value!r}")
+    host = host.strip("[]")
+    if host not in ("localhost", "0.0.0.0", "::") and not host.replace(".", "").replace("-", "").isalnum():
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{where}: {host!r} is not a host name or IP address") from None
+
+
+def _validate(config: Config, where: Mapping[str, str]) -> None:
+    def at(section: str, key: str) -> str:
+        return where.get(f"{section}.{key}", f"{config.source}: [{section}] {key}")
+
+    _host_port(config.server.listen, at("server", "listen"))
+    _host_port(config.metrics.listen, at("metrics", "listen"))
+    if config.server.grace_period_seconds < 0:
+        raise ConfigError(f"{at('server', 'grace_period_seconds')}: must not be negative")
+    names = [d.config_name for d in DeploymentType]
+    if config.instance.deployment_type not in names:
+        raise ConfigError(
+            f"{at('instance', 'deployment_type')}: must be one of {', '.join(names)}, "
+            f"got {config.instance.deployment_type!r}"
+        )
+    url = urlparse(config.instance.ai_gateway_url)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ConfigError(f"{at('instance', 'ai_gateway_url')}: expected an http(s) URL")
+    if config.storage.backend not in ("sqlite", "postgres"):
+        raise ConfigError(f"{at('storage', 'backend')}: must be sqlite or postgres, got {config.storage.backend!r}")
+    if config.storage.backend == "sqlite" and not config.storage.path:
+        raise ConfigError(f"{at('storage', 'path')}: the sqlite backend needs a database file path")
+    if config.storage.backend == "postgres":
+        raise ConfigError(
+            f"{at('storage', 'backend')}: the postgres backend is not available in this version; use sqlite"
+        )
+    if config.log.level not in LOG_LEVELS:
+        raise ConfigError(f"{at('log', 'level')}: must be one of {', '.join(LOG_LEVELS)}")
+    for key in ("client_secret_file", "admin_secret_file"):
+        path = getattr(config.auth, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{at('auth', key)}: file {path} does not exist")
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Reads the file (None: built-in defaults), applies environment overrides and validates."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source = "built-in defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+    where: dict[str, str] = {}
+    sections: dict[str, Any] = {}
+    for section, section_type in _SECTION_TYPES.items():
+        defaults = section_type()
+        known = {f.name for f in dataclasses.fields(section_type)}
+        table = raw.pop(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in known:
+                raise ConfigError(
+                    f"{source}: [{section}] {key}: unknown key; known keys are {', '.join(sorted(known))}"
+                )
+            values[key] = _coerce(value, getattr(defaults, key), f"{source}: [{section}] {key}")
+        prefix = f"{ENV_PREFIX}{section.upper()}_"
+        for name, value in environ.items():
+            if not name.startswith(prefix):
+                continue
+            key = name[len(prefix) :].lower()
+            if key not in known:
+                raise ConfigError(f"environment {name}: unknown key; known keys are {', '.join(sorted(known))}")
+            values[key] = _coerce(value, getattr(defaults, key), f"environment {name}")
+            where[f"{section}.{key}"] = f"environment {name}"
+        sections[section] = section_type(**values)
+    if raw:
+        raise ConfigError(
+            f"{source}: unknown section [{next(iter(raw))}]; known sections are {', '.join(_SECTION_TYPES)}"
+        )
+    config = Config(**sections, source=source)
+    _validate(config, where)
+    return config

@@ -1,0 +1,246 @@
+"""The routing policy (DESIGN section 3): a pure function of a Snapshot and a request.
+
+No I/O and no gRPC types: the servicers translate, this module decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sidecar.catalog import FeatureInfo
+from sidecar.domain import DeploymentType, FeatureProvider, Provider, SelectionSource, SelfHostedModel
+from sidecar.errors import DuoError, ErrorCode, PreconditionViolation, invalid_argument
+from sidecar.snapshot import Snapshot
+
+T = TypeVar("T")
+
+DEFAULT_NAMESPACE_REQUIRED = "DEFAULT_NAMESPACE_REQUIRED"
+# GitLab's own text for this situation, shown to the user as is.
+DEFAULT_NAMESPACE_REQUIRED_MESSAGE = (
+    "I'm sorry, you have not selected a default GitLab Duo namespace. Please go to GitLab and in user "
+    "Preferences - Behavior, select a default namespace for GitLab Duo."
+)
+DEFAULT_NAMESPACE_SETTING = "Preferences > Behavior > Default GitLab Duo namespace"
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Which model serves a request, and why."""
+
+    provider: Provider
+    model_identifier: str
+    model_name: str
+    gitlab_default: bool
+    source: SelectionSource
+    governing_namespace_id: int
+    default_namespace_prompt: bool
+    pinned_model_unavailable: bool
+    config_version: int
+    effective_feature: str
+    self_hosted_model: SelfHostedModel | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """The catalog model a pin scope (a namespace or the instance) gives a feature."""
+
+    identifier: str
+    effective_feature: str
+    pinned: bool
+    pinned_model_unavailable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UserDefaults:
+    """A user's seats and default namespace, as rules 2 to 7 read them."""
+
+    seats: frozenset[int]
+    explicit_default: int
+    explicit_default_valid: bool
+    effective_default: int
+    prompt: bool
+
+
+def feature_info(snapshot: Snapshot, feature: str) -> FeatureInfo:
+    info = snapshot.catalog.features.get(feature)
+    if info is None:
+        raise invalid_argument(
+            "feature",
+            f"unknown feature '{feature}'; ListSelectableModels lists the features this sidecar knows",
+            reason="UNKNOWN_FEATURE",
+        )
+    return info
+
+
+def _lookup(settings: Mapping[str, T] | None, info: FeatureInfo) -> tuple[str, T | None]:
+    """The feature's own entry, else its parent's (duo_chat sub-features), else none."""
+    if settings:
+        own = settings.get(info.name)
+        if own is not None:
+            return info.name, own
+        if info.parent is not None:
+            inherited = settings.get(info.parent)
+            if inherited is not None:
+                return info.parent, inherited
+    return info.name, None
+
+
+def choose(pins: Mapping[str, str] | None, info: FeatureInfo) -> Choice:
+    effective_feature, ref = _lookup(pins, info)
+    if ref is None:
+        return Choice(info.default_model, info.name, pinned=False, pinned_model_unavailable=False)
+    if info.is_selectable(ref):
+        return Choice(ref, effective_feature, pinned=True, pinned_model_unavailable=False)
+    # The pinned model left the catalog: serve the default and say so, never fail the user's request.
+    return Choice(info.default_model, effective_feature, pinned=False, pinned_model_unavailable=True)
+
+
+def user_defaults(snapshot: Snapshot, user_id: int) -> UserDefaults:
+    seats = snapshot.seats_of(user_id)
+    explicit = snapshot.default_namespaces.get(user_id, 0)
+    valid = explicit != 0 and explicit in seats
+    if valid:
+        effective = explicit
+    elif len(seats) == 1:
+        effective = next(iter(seats))
+    else:
+        effective = 0
+    return UserDefaults(
+        seats=seats,
+        explicit_default=explicit,
+        explicit_default_valid=valid,
+        effective_default=effective,
+        prompt=not valid and len(seats) >= 2,
+    )
+
+
+def resolve(snapshot: Snapshot, user_id: int, feature: str, root_namespace_id: int) -> Resolution:
+    """Applies the routing rules; raises DuoError for invalid input or DEFAULT_NAMESPACE_REQUIRED."""
+    if user_id <= 0:
+        raise invalid_argument("user_id", f"user_id must be a positive GitLab user id, got {user_id}")
+    if root_namespace_id < 0:
+        raise invalid_argument(
+            "root_namespace_id", f"root_namespace_id must be 0 (no context) or positive, got {root_namespace_id}"
+        )
+    info = feature_info(snapshot, feature)
+    if snapshot.deployment_type is DeploymentType.GITLAB_COM:
+        return _resolve_gitlab_com(snapshot, user_id, info, root_namespace_id)
+    return _resolve_instance(snapshot, info)
+
+
+def _catalog_resolution(
+    snapshot: Snapshot,
+    choice: Choice,
+    source: SelectionSource,
+    governing_namespace_id: int,
+    prompt: bool,
+) -> Resolution:
+    return Resolution(
+        provider=Provider.GITLAB_AI_GATEWAY,
+        model_identifier=choice.identifier,
+        model_name=snapshot.catalog.model(choice.identifier).name,
+        gitlab_default=not choice.pinned,
+        source=source,
+        governing_namespace_id=governing_namespace_id,
+        default_namespace_prompt=prompt,
+        pinned_model_unavailable=choice.pinned_model_unavailable,
+        config_version=snapshot.config_version,
+        effective_feature=choice.effective_feature,
+    )
+
+
+def _resolve_gitlab_com(snapshot: Snapshot, user_id: int, info: FeatureInfo, root_namespace_id: int) -> Resolution:
+    defaults = user_defaults(snapshot, user_id)
+    if root_namespace_id:
+        choice = choose(snapshot.namespace_pins.get(root_namespace_id), info)
+        return _catalog_resolution(
+            snapshot, choice, SelectionSource.CONTEXT_NAMESPACE, root_namespace_id, defaults.prompt
+        )
+    if defaults.effective_default:
+        source = (
+            SelectionSource.DEFAULT_NAMESPACE
+            if defaults.explicit_default_valid
+            else SelectionSource.SOLE_SEAT_NAMESPACE
+        )
+        choice = choose(snapshot.namespace_pins.get(defaults.effective_default), info)
+        return _catalog_resolution(snapshot, choice, source, defaults.effective_default, defaults.prompt)
+    if not defaults.seats:
+        choice = choose(None, info)
+        return _catalog_resolution(snapshot, choice, SelectionSource.GITLAB_DEFAULT, 0, defaults.prompt)
+
+    candidates = sorted(defaults.seats)
+    choices = [choose(snapshot.namespace_pins.get(ns), info) for ns in candidates]
+    if len({c.identifier for c in choices}) == 1:
+        unanimous = Choice(
+            identifier=choices[0].identifier,
+            effective_feature=choices[0].effective_feature
+            if len({c.effective_feature for c in choices}) == 1
+            else info.name,
+            pinned=any(c.pinned for c in choices),
+            pinned_model_unavailable=any(c.pinned_model_unavailable for c in choices),
+        )
+        return _catalog_resolution(
+            snapshot, unanimous, SelectionSource.UNANIMOUS_SEAT_NAMESPACES, 0, defaults.prompt
+        )
+    raise default_namespace_required(user_id, info.name, candidates)
+
+
+def default_namespace_required(user_id: int, feature: str, candidates: list[int]) -> DuoError:
+    ids = ",".join(str(ns) for ns in candidates)
+    return DuoError(
+        ErrorCode.FAILED_PRECONDITION,
+        DEFAULT_NAMESPACE_REQUIRED,
+        DEFAULT_NAMESPACE_REQUIRED_MESSAGE,
+        metadata={"user_id": str(user_id), "feature": feature, "candidate_namespace_ids": ids},
+        precondition_violations=(
+            PreconditionViolation(
+                DEFAULT_NAMESPACE_REQUIRED,
+                f"users/{user_id}",
+                f"The user holds GitLab Duo seats in namespaces {ids}, which select different models for "
+                f"{feature}, and has no default namespace. The user sets one in GitLab at "
+                f"{DEFAULT_NAMESPACE_SETTING}; an admin can call SetUserDefaultNamespace.",
+            ),
+        ),
+    )
+
+
+def _resolve_instance(snapshot: Snapshot, info: FeatureInfo) -> Resolution:
+    if snapshot.deployment_type is DeploymentType.SELF_MANAGED:
+        setting_feature, setting = _lookup(snapshot.feature_settings, info)
+        if setting is not None and setting.provider is FeatureProvider.DISABLED:
+            return Resolution(
+                provider=Provider.DISABLED,
+                model_identifier="",
+                model_name="",
+                gitlab_default=False,
+                source=SelectionSource.FEATURE_SETTING,
+                governing_namespace_id=0,
+                default_namespace_prompt=False,
+                pinned_model_unavailable=False,
+                config_version=snapshot.config_version,
+                effective_feature=setting_feature,
+            )
+        if setting is not None and setting.provider is FeatureProvider.SELF_HOSTED:
+            model = snapshot.self_hosted_models[setting.self_hosted_model_id]
+            return Resolution(
+                provider=Provider.SELF_HOSTED,
+                model_identifier=model.identifier,
+                model_name=model.name,
+                gitlab_default=False,
+                source=SelectionSource.FEATURE_SETTING,
+                governing_namespace_id=0,
+                default_namespace_prompt=False,
+                pinned_model_unavailable=False,
+                config_version=snapshot.config_version,
+                effective_feature=setting_feature,
+                self_hosted_model=model,
+            )
+    choice = choose(snapshot.instance_pins, info)
+    source = (
+        SelectionSource.INSTANCE
+        if choice.pinned or choice.pinned_model_unavailable
+        else SelectionSource.GITLAB_DEFAULT
+    )
+    return _catalog_resolution(snapshot, choice, source, 0, prompt=False)

@@ -1,0 +1,455 @@
+"""Thin gRPC servicers: translate protos to domain calls and back. Decisions live in policy and control."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
+from enum import IntEnum
+from typing import TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
+from sidecar import __version__, policy
+from sidecar.catalog import CatalogModel, FeatureInfo
+from sidecar.control import ControlPlane, SelfHostedModelInput
+from sidecar.domain import AuditEvent, FeatureProvider, ModelFamily, Platform, SeatChange, SelfHostedModel
+from sidecar.errors import DuoError, invalid_argument
+from sidecar.grpc_errors import status_for, translate_errors
+from sidecar.paging import decode_token, encode_token, page_size, paginate
+
+ACTOR_METADATA_KEY = "x-duo-actor"
+MAX_ACTOR_LENGTH = 255
+
+E = TypeVar("E", bound=IntEnum)
+
+
+def resolution_to_proto(res: policy.Resolution) -> routing_pb2.ResolveModelResponse:
+    response = routing_pb2.ResolveModelResponse(
+        provider=res.provider.value,
+        model_identifier=res.model_identifier,
+        model_name=res.model_name,
+        gitlab_default=res.gitlab_default,
+        source=res.source.value,
+        governing_namespace_id=res.governing_namespace_id,
+        default_namespace_prompt=res.default_namespace_prompt,
+        pinned_model_unavailable=res.pinned_model_unavailable,
+        config_version=str(res.config_version),
+        effective_feature=res.effective_feature,
+    )
+    model = res.self_hosted_model
+    if model is not None:
+        response.self_hosted_model_id = model.id
+        response.self_hosted_model_family = model.family.value
+        response.self_hosted_model_endpoint = model.endpoint
+        response.self_hosted_model_platform = model.platform.value
+    return response
+
+
+def _enum(enum_type: type[E], value: int, field_name: str) -> E:
+    try:
+        member = enum_type(value)
+    except ValueError:
+        member = None
+    if member is None:
+        names = ", ".join(m.name for m in enum_type)
+        raise invalid_argument(field_name, f"{field_name} must be one of {names}; got {value}")
+    return member
+
+
+def _timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _actor(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == ACTOR_METADATA_KEY:
+            actor = str(value).strip()
+            if len(actor) > MAX_ACTOR_LENGTH or not actor.isprintable():
+                raise invalid_argument(
+                    ACTOR_METADATA_KEY, f"{ACTOR_METADATA_KEY} must be printable, at most {MAX_ACTOR_LENGTH} characters"
+                )
+            return actor or "unknown"
+    return "unknown"
+
+
+def _model_to_proto(model: SelfHostedModel) -> admin_pb2.SelfHostedModel:
+    return admin_pb2.SelfHostedModel(
+        id=model.id,
+        name=model.name,
+        family=model.family.value,
+        platform=model.platform.value,
+        endpoint=model.endpoint,
+        identifier=model.identifier,
+        api_token_set=model.api_token_set,
+        create_time=_timestamp(model.create_time),
+        update_time=_timestamp(model.update_time),
+    )
+
+
+def _catalog_model(model: CatalogModel) -> admin_pb2.CatalogModel:
+    return admin_pb2.CatalogModel(identifier=model.identifier, name=model.name, provider=model.provider)
+
+
+def _families(info: FeatureInfo) -> list[int]:
+    return sorted(f.value for f in info.compatible_families)
+
+
+class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
+    def __init__(self, control: ControlPlane) -> None:
+        self._control = control
+
+    @translate_errors
+    async def ResolveModel(
+        self, request: routing_pb2.ResolveModelRequest, context: grpc.aio.ServicerContext
+    ) -> routing_pb2.ResolveModelResponse:
+        return resolution_to_proto(
+            policy.resolve(self._control.snapshot, request.user_id, request.feature, request.root_namespace_id)
+        )
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, control: ControlPlane, storage_backend: str) -> None:
+        self._control = control
+        self._storage_backend = storage_backend
+        self._start_time = time.time()
+
+    # -- self-hosted models ---------------------------------------------------------------------
+
+    def _model_input(self, model: admin_pb2.SelfHostedModel, mask: list[str] | None) -> SelfHostedModelInput:
+        def needed(name: str) -> bool:
+            return mask is None or name in mask or mask == ["*"]
+
+        return SelfHostedModelInput(
+            name=model.name,
+            family=_enum(ModelFamily, model.family, "self_hosted_model.family")
+            if needed("family")
+            else ModelFamily.GENERAL,
+            platform=_enum(Platform, model.platform, "self_hosted_model.platform")
+            if needed("platform")
+            else Platform.OPENAI_COMPATIBLE,
+            endpoint=model.endpoint,
+            identifier=model.identifier,
+            api_token=model.api_token,
+        )
+
+    @translate_errors
+    async def CreateSelfHostedModel(
+        self, request: admin_pb2.CreateSelfHostedModelRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.CreateSelfHostedModelResponse:
+        model, version = await self._control.create_self_hosted_model(
+            _actor(context), self._model_input(request.self_hosted_model, None)
+        )
+        return admin_pb2.CreateSelfHostedModelResponse(
+            self_hosted_model=_model_to_proto(model), config_version=str(version)
+        )
+
+    @translate_errors
+    async def GetSelfHostedModel(
+        self, request: admin_pb2.GetSelfHostedModelRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.GetSelfHostedModelResponse:
+        model = self._control.get_self_hosted_model(request.id)
+        return admin_pb2.GetSelfHostedModelResponse(self_hosted_model=_model_to_proto(model))
+
+    @translate_errors
+    async def ListSelfHostedModels(
+        self, request: admin_pb2.ListSelfHostedModelsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListSelfHostedModelsResponse:
+        page, token = paginate(
+            self._control.list_self_hosted_models(), lambda m: (m.name, m.id), request.page_size, request.page_token
+        )
+        return admin_pb2.ListSelfHostedModelsResponse(
+            self_hosted_models=[_model_to_proto(m) for m in page], next_page_token=token
+        )
+
+    @translate_errors
+    async def UpdateSelfHostedModel(
+        self, request: admin_pb2.UpdateSelfHostedModelRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.UpdateSelfHostedModelResponse:
+        mask = list(request.update_mask.paths)
+        model, version = await self._control.update_self_hosted_model(
+            _actor(context),
+            request.self_hosted_model.id,
+            self._model_input(request.self_hosted_model, mask),
+            mask,
+        )
+        return admin_pb2.UpdateSelfHostedModelResponse(
+            self_hosted_model=_model_to_proto(model), config_version=str(version)
+        )
+
+    @translate_errors
+    async def DeleteSelfHostedModel(
+        self, request: admin_pb2.DeleteSelfHostedModelRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.DeleteSelfHostedModelResponse:
+        version = await self._control.delete_self_hosted_model(_actor(context), request.id)
+        return admin_pb2.DeleteSelfHostedModelResponse(config_version=str(version))
+
+    # -- feature settings -----------------------------------------------------------------------
+
+    def _feature_setting(self, info: FeatureInfo) -> admin_pb2.FeatureSetting:
+        setting, explicit = self._control.feature_setting(info.name)
+        return admin_pb2.FeatureSetting(
+            feature=info.name,
+            title=info.title,
+            provider=setting.provider.value,
+            self_hosted_model_id=setting.self_hosted_model_id,
+            compatible_families=_families(info),
+            explicitly_set=explicit,
+        )
+
+    @translate_errors
+    async def UpdateFeatureSetting(
+        self, request: admin_pb2.UpdateFeatureSettingRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.UpdateFeatureSettingResponse:
+        provider = _enum(FeatureProvider, request.provider, "provider")
+        setting, version = await self._control.update_feature_setting(
+            _actor(context), request.feature, provider, request.self_hosted_model_id
+        )
+        info = self._control.snapshot.catalog.features[setting.feature]
+        return admin_pb2.UpdateFeatureSettingResponse(
+            feature_setting=self._feature_setting(info), config_version=str(version)
+        )
+
+    @translate_errors
+    async def ListFeatureSettings(
+        self, request: admin_pb2.ListFeatureSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListFeatureSettingsResponse:
+        features = list(self._control.snapshot.catalog.features.values())
+        page, token = paginate(features, lambda f: f.name, request.page_size, request.page_token)
+        return admin_pb2.ListFeatureSettingsResponse(
+            feature_settings=[self._feature_setting(f) for f in page], next_page_token=token
+        )
+
+    # -- model selection ------------------------------------------------------------------------
+
+    def _selection(self, info: FeatureInfo, pins: Mapping[str, str], namespace_id: int) -> admin_pb2.ModelSelection:
+        choice = policy.choose(pins, info)
+        own = pins.get(info.name, "")
+        return admin_pb2.ModelSelection(
+            feature=info.name,
+            title=info.title,
+            offered_model_ref=own,
+            effective_model_identifier=choice.identifier,
+            effective_model_name=self._control.snapshot.catalog.model(choice.identifier).name,
+            default_model_identifier=info.default_model,
+            pinned_model_unavailable=choice.pinned_model_unavailable,
+            namespace_id=namespace_id,
+            explicitly_set=bool(own),
+        )
+
+    @translate_errors
+    async def UpdateInstanceModelSelection(
+        self, request: admin_pb2.UpdateInstanceModelSelectionRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.UpdateInstanceModelSelectionResponse:
+        version = await self._control.update_instance_selection(
+            _actor(context), request.feature, request.offered_model_ref
+        )
+        info = self._control.snapshot.catalog.features[request.feature]
+        return admin_pb2.UpdateInstanceModelSelectionResponse(
+            model_selection=self._selection(info, self._control.snapshot.instance_pins, 0),
+            config_version=str(version),
+        )
+
+    @translate_errors
+    async def ListInstanceModelSelections(
+        self, request: admin_pb2.ListInstanceModelSelectionsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListInstanceModelSelectionsResponse:
+        snapshot = self._control.snapshot
+        page, token = paginate(
+            list(snapshot.catalog.features.values()), lambda f: f.name, request.page_size, request.page_token
+        )
+        return admin_pb2.ListInstanceModelSelectionsResponse(
+            model_selections=[self._selection(f, snapshot.instance_pins, 0) for f in page], next_page_token=token
+        )
+
+    @translate_errors
+    async def UpdateNamespaceModelSelection(
+        self, request: admin_pb2.UpdateNamespaceModelSelectionRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.UpdateNamespaceModelSelectionResponse:
+        version = await self._control.update_namespace_selection(
+            _actor(context), request.namespace_id, request.feature, request.offered_model_ref
+        )
+        info = self._control.snapshot.catalog.features[request.feature]
+        pins = self._control.snapshot.namespace_pins.get(request.namespace_id, {})
+        return admin_pb2.UpdateNamespaceModelSelectionResponse(
+            model_selection=self._selection(info, pins, request.namespace_id), config_version=str(version)
+        )
+
+    @translate_errors
+    async def ListNamespaceModelSelections(
+        self, request: admin_pb2.ListNamespaceModelSelectionsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListNamespaceModelSelectionsResponse:
+        if request.namespace_id <= 0:
+            raise invalid_argument("namespace_id", f"namespace_id must be positive, got {request.namespace_id}")
+        snapshot = self._control.snapshot
+        pins = snapshot.namespace_pins.get(request.namespace_id, {})
+        page, token = paginate(
+            list(snapshot.catalog.features.values()), lambda f: f.name, request.page_size, request.page_token
+        )
+        return admin_pb2.ListNamespaceModelSelectionsResponse(
+            model_selections=[self._selection(f, pins, request.namespace_id) for f in page], next_page_token=token
+        )
+
+    # -- catalog --------------------------------------------------------------------------------
+
+    @translate_errors
+    async def ListSelectableModels(
+        self, request: admin_pb2.ListSelectableModelsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListSelectableModelsResponse:
+        catalog = self._control.snapshot.catalog
+        if request.feature:
+            features = [policy.feature_info(self._control.snapshot, request.feature)]
+        else:
+            features = list(catalog.features.values())
+        page, token = paginate(features, lambda f: f.name, request.page_size, request.page_token)
+        return admin_pb2.ListSelectableModelsResponse(
+            features=[
+                admin_pb2.SelectableModels(
+                    feature=f.name,
+                    title=f.title,
+                    default_model=_catalog_model(catalog.model(f.default_model)),
+                    selectable_models=[_catalog_model(catalog.model(m)) for m in f.selectable_models],
+                    beta_models=[_catalog_model(catalog.model(m)) for m in f.beta_models],
+                    compatible_families=_families(f),
+                    parent_feature=f.parent or "",
+                    unit_primitives=list(f.unit_primitives),
+                )
+                for f in page
+            ],
+            next_page_token=token,
+            catalog_version=catalog.version,
+        )
+
+    # -- seats and defaults ---------------------------------------------------------------------
+
+    async def SyncSeatAssignments(
+        self,
+        request_iterator: AsyncIterator[admin_pb2.SyncSeatAssignmentsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> admin_pb2.SyncSeatAssignmentsResponse:
+        assigned = removed = unchanged = 0
+        version = self._control.snapshot.config_version
+        try:
+            actor = _actor(context)
+            async for batch in request_iterator:
+                result = await self._control.sync_seats(
+                    actor, [SeatChange(a.user_id, a.namespace_id, a.assigned) for a in batch.assignments]
+                )
+                assigned += result.assigned
+                removed += result.removed
+                unchanged += result.unchanged
+                version = result.config_version
+        except DuoError as error:
+            await context.abort_with_status(status_for(error))
+        return admin_pb2.SyncSeatAssignmentsResponse(
+            assigned_count=assigned, removed_count=removed, unchanged_count=unchanged, config_version=str(version)
+        )
+
+    @translate_errors
+    async def ListSeatAssignments(
+        self, request: admin_pb2.ListSeatAssignmentsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListSeatAssignmentsResponse:
+        if request.user_id < 0 or request.namespace_id < 0:
+            field = "user_id" if request.user_id < 0 else "namespace_id"
+            raise invalid_argument(field, f"{field} must be positive, or 0 for any")
+        size = page_size(request.page_size)
+        after = decode_token(request.page_token)
+        if after is not None and not (
+            isinstance(after, tuple) and len(after) == 2 and all(isinstance(v, int) for v in after)
+        ):
+            raise invalid_argument("page_token", "page_token belongs to a different list")
+        rows = await self._control.store.list_seat_assignments(
+            request.user_id, request.namespace_id, after, size + 1
+        )
+        token = encode_token(list(rows[size - 1])) if len(rows) > size else ""
+        return admin_pb2.ListSeatAssignmentsResponse(
+            seat_assignments=[
+                admin_pb2.SeatAssignment(user_id=u, namespace_id=n, assigned=True) for u, n in rows[:size]
+            ],
+            next_page_token=token,
+        )
+
+    @translate_errors
+    async def SetUserDefaultNamespace(
+        self, request: admin_pb2.SetUserDefaultNamespaceRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.SetUserDefaultNamespaceResponse:
+        version = await self._control.set_default_namespace(_actor(context), request.user_id, request.namespace_id)
+        return admin_pb2.SetUserDefaultNamespaceResponse(
+            default_namespace_id=request.namespace_id, config_version=str(version)
+        )
+
+    @translate_errors
+    async def GetUserRoutingStatus(
+        self, request: admin_pb2.GetUserRoutingStatusRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.GetUserRoutingStatusResponse:
+        if request.user_id <= 0:
+            raise invalid_argument("user_id", f"user_id must be positive, got {request.user_id}")
+        snapshot = self._control.snapshot
+        defaults = policy.user_defaults(snapshot, request.user_id)
+        features = []
+        for name in snapshot.catalog.features:
+            status = admin_pb2.FeatureRoutingStatus(feature=name)
+            try:
+                status.resolution.CopyFrom(resolution_to_proto(policy.resolve(snapshot, request.user_id, name, 0)))
+            except DuoError as error:
+                status.error_reason = error.reason
+                status.error_message = error.message
+            features.append(status)
+        return admin_pb2.GetUserRoutingStatusResponse(
+            user_id=request.user_id,
+            seat_namespace_ids=sorted(defaults.seats),
+            explicit_default_namespace_id=defaults.explicit_default,
+            explicit_default_valid=defaults.explicit_default_valid,
+            effective_default_namespace_id=defaults.effective_default,
+            default_namespace_prompt=defaults.prompt,
+            features=features,
+        )
+
+    # -- audit and info -------------------------------------------------------------------------
+
+    @translate_errors
+    async def ListAuditEvents(
+        self, request: admin_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListAuditEventsResponse:
+        size = page_size(request.page_size)
+        before = decode_token(request.page_token)
+        if before is not None and not isinstance(before, int):
+            raise invalid_argument("page_token", "page_token belongs to a different list")
+        events = await self._control.store.list_audit_events(request.resource_prefix, before, size + 1)
+        token = encode_token(events[size - 1].id) if len(events) > size else ""
+        return admin_pb2.ListAuditEventsResponse(
+            audit_events=[_audit_to_proto(e) for e in events[:size]], next_page_token=token
+        )
+
+    @translate_errors
+    async def GetServerInfo(
+        self, request: admin_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.GetServerInfoResponse:
+        snapshot = self._control.snapshot
+        start = timestamp_pb2.Timestamp()
+        start.FromNanoseconds(int(self._start_time * 1e9))
+        return admin_pb2.GetServerInfoResponse(
+            version=__version__,
+            deployment_type=snapshot.deployment_type.value,
+            catalog_version=snapshot.catalog.version,
+            config_version=str(snapshot.config_version),
+            storage_backend=self._storage_backend,
+            start_time=start,
+        )
+
+
+def _audit_to_proto(event: AuditEvent) -> admin_pb2.AuditEvent:
+    return admin_pb2.AuditEvent(
+        id=event.id,
+        time=_timestamp(event.time),
+        actor=event.actor,
+        action=event.action,
+        resource=event.resource,
+        before_json=event.before_json,
+        after_json=event.after_json,
+        config_version=str(event.config_version),
+    )

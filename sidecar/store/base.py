@@ -1,0 +1,127 @@
+"""The storage interface. SQLite (embedded) implements it now; PostgreSQL (fleet) implements the same.
+
+Every admin change runs in one StoreTx: read the state before, write, then record_change(), which
+writes the audit event and bumps the config version in the same transaction.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+
+from sidecar.domain import AuditEvent, FeatureSetting, SeatChange, SelfHostedModel
+from sidecar.tokens import EncryptedToken
+
+
+@dataclass
+class StoredState:
+    """Everything the snapshot is built from."""
+
+    config_version: int
+    self_hosted_models: list[SelfHostedModel] = field(default_factory=list)
+    feature_settings: list[FeatureSetting] = field(default_factory=list)
+    instance_pins: dict[str, str] = field(default_factory=dict)
+    namespace_pins: list[tuple[int, str, str]] = field(default_factory=list)
+    seats: list[tuple[int, int]] = field(default_factory=list)
+    default_namespaces: dict[int, int] = field(default_factory=dict)
+
+
+class KeepToken:
+    """Marker: leave a stored API token as it is."""
+
+
+KEEP_TOKEN = KeepToken()
+
+
+class StoreTx(abc.ABC):
+    @abc.abstractmethod
+    async def get_self_hosted_model(self, model_id: str) -> SelfHostedModel | None: ...
+
+    @abc.abstractmethod
+    async def find_self_hosted_model_by_name(self, name: str) -> SelfHostedModel | None: ...
+
+    @abc.abstractmethod
+    async def put_self_hosted_model(
+        self, model: SelfHostedModel, token: EncryptedToken | None | KeepToken
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_self_hosted_model(self, model_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def features_using_model(self, model_id: str) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def get_feature_setting(self, feature: str) -> FeatureSetting | None: ...
+
+    @abc.abstractmethod
+    async def put_feature_setting(self, setting: FeatureSetting) -> None: ...
+
+    @abc.abstractmethod
+    async def get_instance_pin(self, feature: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def set_instance_pin(self, feature: str, ref: str | None) -> None: ...
+
+    @abc.abstractmethod
+    async def get_namespace_pin(self, namespace_id: int, feature: str) -> str | None: ...
+
+    @abc.abstractmethod
+    async def set_namespace_pin(self, namespace_id: int, feature: str, ref: str | None) -> None: ...
+
+    @abc.abstractmethod
+    async def apply_seat_changes(self, changes: Sequence[SeatChange]) -> list[SeatChange]:
+        """Applies changes in order; returns those that changed the stored state."""
+
+    @abc.abstractmethod
+    async def user_has_seat(self, user_id: int, namespace_id: int) -> bool: ...
+
+    @abc.abstractmethod
+    async def get_default_namespace(self, user_id: int) -> int: ...
+
+    @abc.abstractmethod
+    async def set_default_namespace(self, user_id: int, namespace_id: int) -> None: ...
+
+    @abc.abstractmethod
+    async def record_change(
+        self, actor: str, action: str, resource: str, before_json: str, after_json: str
+    ) -> int:
+        """Writes the audit event, bumps the config version and returns the new version."""
+
+
+class Store(abc.ABC):
+    backend_name: str
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connects and applies pending migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def load_state(self) -> StoredState: ...
+
+    @abc.abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[StoreTx]:
+        """One write transaction; committed when the block exits normally, rolled back otherwise."""
+
+    @abc.abstractmethod
+    async def get_api_token(self, model_id: str) -> EncryptedToken | None: ...
+
+    @abc.abstractmethod
+    async def list_seat_assignments(
+        self, user_id: int, namespace_id: int, after: tuple[int, int] | None, limit: int
+    ) -> list[tuple[int, int]]:
+        """(user_id, namespace_id) pairs ordered by user then namespace, after the given key."""
+
+    @abc.abstractmethod
+    async def list_audit_events(self, resource_prefix: str, before_id: int | None, limit: int) -> list[AuditEvent]:
+        """Newest first, ids below before_id."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int: ...
+
+

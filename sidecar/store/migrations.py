@@ -1,0 +1,96 @@
+"""Versioned schema migrations, shared by every backend. Append new ones; never edit an applied one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sqlite: str
+    postgres: str
+
+
+_INITIAL_COMMON = """
+CREATE TABLE config_version (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version BIGINT NOT NULL
+);
+INSERT INTO config_version (id, version) VALUES (1, 0);
+
+CREATE TABLE self_hosted_models (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    family TEXT NOT NULL,
+    platform TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    identifier TEXT NOT NULL,
+    api_token_key_id TEXT,
+    api_token_ciphertext {blob},
+    create_time {time} NOT NULL,
+    update_time {time} NOT NULL
+);
+
+CREATE TABLE feature_settings (
+    feature TEXT PRIMARY KEY,
+    provider TEXT NOT NULL,
+    self_hosted_model_id TEXT REFERENCES self_hosted_models (id),
+    update_time {time} NOT NULL
+);
+
+CREATE TABLE instance_model_selections (
+    feature TEXT PRIMARY KEY,
+    offered_model_ref TEXT NOT NULL,
+    update_time {time} NOT NULL
+);
+
+CREATE TABLE namespace_model_selections (
+    namespace_id BIGINT NOT NULL,
+    feature TEXT NOT NULL,
+    offered_model_ref TEXT NOT NULL,
+    update_time {time} NOT NULL,
+    PRIMARY KEY (namespace_id, feature)
+);
+
+CREATE TABLE seat_assignments (
+    user_id BIGINT NOT NULL,
+    namespace_id BIGINT NOT NULL,
+    PRIMARY KEY (user_id, namespace_id)
+){without_rowid};
+CREATE INDEX seat_assignments_by_namespace ON seat_assignments (namespace_id, user_id);
+
+CREATE TABLE user_default_namespaces (
+    user_id BIGINT PRIMARY KEY,
+    namespace_id BIGINT NOT NULL,
+    update_time {time} NOT NULL
+);
+
+CREATE TABLE audit_events (
+    id {serial} PRIMARY KEY,
+    time {time} NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    before_json TEXT NOT NULL,
+    after_json TEXT NOT NULL,
+    config_version BIGINT NOT NULL
+);
+CREATE INDEX audit_events_by_resource ON audit_events (resource, id);
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "initial schema",
+        sqlite=_INITIAL_COMMON.format(
+            blob="BLOB", time="TEXT", serial="INTEGER", without_rowid=" WITHOUT ROWID"
+        ),
+        postgres=_INITIAL_COMMON.format(
+            blob="BYTEA", time="TIMESTAMPTZ", serial="BIGSERIAL", without_rowid=""
+        ),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,421 @@
+"""The embedded SQLite backend: one file, WAL, a single writer connection and a reader connection."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiosqlite
+
+from sidecar.domain import (
+    AuditEvent,
+    FeatureProvider,
+    FeatureSetting,
+    ModelFamily,
+    Platform,
+    SeatChange,
+    SelfHostedModel,
+)
+from sidecar.store.base import KeepToken, Store, StoredState, StoreTx
+from sidecar.store.migrations import LATEST_VERSION, MIGRATIONS
+from sidecar.tokens import EncryptedToken
+
+_SQL_VARIABLES_PER_QUERY = 500
+
+
+class SchemaTooNewError(RuntimeError):
+    pass
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _time(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+_MODEL_COLUMNS = (
+    "id, name, family, platform, endpoint, identifier, api_token_ciphertext IS NOT NULL, create_time, update_time"
+)
+
+
+def _model(row: sqlite3.Row | tuple[object, ...]) -> SelfHostedModel:
+    return SelfHostedModel(
+        id=str(row[0]),
+        name=str(row[1]),
+        family=ModelFamily[str(row[2]).upper()],
+        platform=Platform[str(row[3]).upper()],
+        endpoint=str(row[4]),
+        identifier=str(row[5]),
+        api_token_set=bool(row[6]),
+        create_time=_time(str(row[7])),
+        update_time=_time(str(row[8])),
+    )
+
+
+class SQLiteTx(StoreTx):
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def _one(self, sql: str, *params: object) -> tuple[object, ...] | None:
+        async with self._db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return tuple(row) if row is not None else None
+
+    async def get_self_hosted_model(self, model_id: str) -> SelfHostedModel | None:
+        row = await self._one(f"SELECT {_MODEL_COLUMNS} FROM self_hosted_models WHERE id = ?", model_id)
+        return _model(row) if row else None
+
+    async def find_self_hosted_model_by_name(self, name: str) -> SelfHostedModel | None:
+        row = await self._one(f"SELECT {_MODEL_COLUMNS} FROM self_hosted_models WHERE name = ?", name)
+        return _model(row) if row else None
+
+    async def put_self_hosted_model(
+        self, model: SelfHostedModel, token: EncryptedToken | None | KeepToken
+    ) -> None:
+        await self._db.execute(
+            """
+            INSERT INTO self_hosted_models
+                (id, name, family, platform, endpoint, identifier, create_time, update_time)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (id) DO UPDATE SET
+                name = excluded.name, family = excluded.family, platform = excluded.platform,
+                endpoint = excluded.endpoint, identifier = excluded.identifier,
+                update_time = excluded.update_time
+            """,
+            (
+                model.id,
+                model.name,
+                model.family.gitlab_name,
+                model.platform.name.lower(),
+                model.endpoint,
+                model.identifier,
+                model.create_time.isoformat(),
+                model.update_time.isoformat(),
+            ),
+        )
+        if not isinstance(token, KeepToken):
+            await self._db.execute(
+                "UPDATE self_hosted_models SET api_token_key_id = ?, api_token_ciphertext = ? WHERE id = ?",
+                (token.key_id if token else None, token.ciphertext if token else None, model.id),
+            )
+
+    async def delete_self_hosted_model(self, model_id: str) -> None:
+        await self._db.execute("DELETE FROM self_hosted_models WHERE id = ?", (model_id,))
+
+    async def features_using_model(self, model_id: str) -> list[str]:
+        async with self._db.execute(
+            "SELECT feature FROM feature_settings WHERE self_hosted_model_id = ? ORDER BY feature", (model_id,)
+        ) as cursor:
+            return [str(row[0]) async for row in cursor]
+
+    async def get_feature_setting(self, feature: str) -> FeatureSetting | None:
+        row = await self._one(
+            "SELECT provider, self_hosted_model_id FROM feature_settings WHERE feature = ?", feature
+        )
+        if row is None:
+            return None
+        return FeatureSetting(feature, FeatureProvider[str(row[0]).upper()], str(row[1] or ""))
+
+    async def put_feature_setting(self, setting: FeatureSetting) -> None:
+        await self._db.execute(
+            """
+            INSERT INTO feature_settings (feature, provider, self_hosted_model_id, update_time)
+            VALUES (?, ?, ?, ?)
+            ON CONFLICT (feature) DO UPDATE SET provider = excluded.provider,
+                self_hosted_model_id = excluded.self_hosted_model_id, update_time = excluded.update_time
+            """,
+            (
+                setting.feature,
+                setting.provider.name.lower(),
+                setting.self_hosted_model_id or None,
+                _now(),
+            ),
+        )
+
+    async def get_instance_pin(self, feature: str) -> str | None:
+        row = await self._one("SELECT offered_model_ref FROM instance_model_selections WHERE feature = ?", feature)
+        return str(row[0]) if row else None
+
+    async def set_instance_pin(self, feature: str, ref: str | None) -> None:
+        if ref:
+            await self._db.execute(
+                """
+                INSERT INTO instance_model_selections (feature, offered_model_ref, update_time) VALUES (?, ?, ?)
+                ON CONFLICT (feature) DO UPDATE SET offered_model_ref = excluded.offered_model_ref,
+                    update_time = excluded.update_time
+                """,
+                (feature, ref, _now()),
+            )
+        else:
+            await self._db.execute("DELETE FROM instance_model_selections WHERE feature = ?", (feature,))
+
+    async def get_namespace_pin(self, namespace_id: int, feature: str) -> str | None:
+        row = await self._one(
+            "SELECT offered_model_ref FROM namespace_model_selections WHERE namespace_id = ? AND feature = ?",
+            namespace_id,
+            feature,
+        )
+        return str(row[0]) if row else None
+
+    async def set_namespace_pin(self, namespace_id: int, feature: str, ref: str | None) -> None:
+        if ref:
+            await self._db.execute(
+                """
+                INSERT INTO namespace_model_selections (namespace_id, feature, offered_model_ref, update_time)
+                VALUES (?, ?, ?, ?)
+                ON CONFLICT (namespace_id, feature) DO UPDATE SET
+                    offered_model_ref = excluded.offered_model_ref, update_time = excluded.update_time
+                """,
+                (namespace_id, feature, ref, _now()),
+            )
+        else:
+            await self._db.execute(
+                "DELETE FROM namespace_model_selections WHERE namespace_id = ? AND feature = ?",
+                (namespace_id, feature),
+            )
+
+    async def apply_seat_changes(self, changes: Sequence[SeatChange]) -> list[SeatChange]:
+        users = sorted({c.user_id for c in changes})
+        held: set[tuple[int, int]] = set()
+        for start in range(0, len(users), _SQL_VARIABLES_PER_QUERY):
+            chunk = users[start : start + _SQL_VARIABLES_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            async with self._db.execute(
+                f"SELECT user_id, namespace_id FROM seat_assignments WHERE user_id IN ({marks})", chunk
+            ) as cursor:
+                held.update((int(r[0]), int(r[1])) async for r in cursor)
+        effective: list[SeatChange] = []
+        for change in changes:
+            key = (change.user_id, change.namespace_id)
+            if change.assigned and key not in held:
+                held.add(key)
+                effective.append(change)
+            elif not change.assigned and key in held:
+                held.discard(key)
+                effective.append(change)
+        # Net effect per seat, so an assign-then-remove in one batch writes nothing.
+        net: dict[tuple[int, int], bool] = {}
+        for change in effective:
+            net[(change.user_id, change.namespace_id)] = change.assigned
+        await self._db.executemany(
+            "INSERT OR IGNORE INTO seat_assignments (user_id, namespace_id) VALUES (?, ?)",
+            [key for key, assigned in net.items() if assigned],
+        )
+        await self._db.executemany(
+            "DELETE FROM seat_assignments WHERE user_id = ? AND namespace_id = ?",
+            [key for key, assigned in net.items() if not assigned],
+        )
+        return effective
+
+    async def user_has_seat(self, user_id: int, namespace_id: int) -> bool:
+        row = await self._one(
+            "SELECT 1 FROM seat_assignments WHERE user_id = ? AND namespace_id = ?", user_id, namespace_id
+        )
+        return row is not None
+
+    async def get_default_namespace(self, user_id: int) -> int:
+        row = await self._one("SELECT namespace_id FROM user_default_namespaces WHERE user_id = ?", user_id)
+        return int(str(row[0])) if row else 0
+
+    async def set_default_namespace(self, user_id: int, namespace_id: int) -> None:
+        if namespace_id:
+            await self._db.execute(
+                """
+                INSERT INTO user_default_namespaces (user_id, namespace_id, update_time) VALUES (?, ?, ?)
+                ON CONFLICT (user_id) DO UPDATE SET namespace_id = excluded.namespace_id,
+                    update_time = excluded.update_time
+                """,
+                (user_id, namespace_id, _now()),
+            )
+        else:
+            await self._db.execute("DELETE FROM user_default_namespaces WHERE user_id = ?", (user_id,))
+
+    async def record_change(
+        self, actor: str, action: str, resource: str, before_json: str, after_json: str
+    ) -> int:
+        await self._db.execute("UPDATE config_version SET version = version + 1 WHERE id = 1")
+        row = await self._one("SELECT version FROM config_version WHERE id = 1")
+        assert row is not None
+        version = int(str(row[0]))
+        await self._db.execute(
+            """
+            INSERT INTO audit_events (time, actor, action, resource, before_json, after_json, config_version)
+            VALUES (?, ?, ?, ?, ?, ?, ?)
+            """,
+            (_now(), actor, action, resource, before_json, after_json, version),
+        )
+        return version
+
+
+class SQLiteStore(Store):
+    backend_name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        await db.execute("PRAGMA busy_timeout = 10000")
+        await db.execute("PRAGMA foreign_keys = ON")
+        await db.execute("PRAGMA synchronous = FULL")
+        return db
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._connect()
+        await self._writer.execute("PRAGMA journal_mode = WAL")
+        await self._migrate(self._writer)
+        self._reader = await self._connect()
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            async with db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cursor:
+                row = await cursor.fetchone()
+            current = int(row[0]) if row else 0
+            if current > LATEST_VERSION:
+                raise SchemaTooNewError(
+                    f"{self.path}: database schema version {current} is newer than this sidecar supports "
+                    f"({LATEST_VERSION}); run the newer sidecar or restore a backup"
+                )
+            for migration in MIGRATIONS:
+                if migration.version <= current:
+                    continue
+                for statement in migration.sqlite.split(";"):
+                    if statement.strip():
+                        await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                    (migration.version, migration.name, _now()),
+                )
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        for db in (self._reader, self._writer):
+            if db is not None:
+                await db.close()
+        self._reader = self._writer = None
+
+    def _read_db(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise RuntimeError("store is not open")
+        return self._reader
+
+    async def schema_version(self) -> int:
+        async with self._read_db().execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def load_state(self) -> StoredState:
+        db = self._read_db()
+        await db.execute("BEGIN")  # one consistent read of every table
+        try:
+            async with db.execute("SELECT version FROM config_version WHERE id = 1") as cursor:
+                row = await cursor.fetchone()
+            state = StoredState(config_version=int(row[0]) if row else 0)
+            async with db.execute(f"SELECT {_MODEL_COLUMNS} FROM self_hosted_models") as cursor:
+                state.self_hosted_models = [_model(tuple(r)) async for r in cursor]
+            async with db.execute("SELECT feature, provider, self_hosted_model_id FROM feature_settings") as cursor:
+                state.feature_settings = [
+                    FeatureSetting(str(r[0]), FeatureProvider[str(r[1]).upper()], str(r[2] or ""))
+                    async for r in cursor
+                ]
+            async with db.execute("SELECT feature, offered_model_ref FROM instance_model_selections") as cursor:
+                state.instance_pins = {str(r[0]): str(r[1]) async for r in cursor}
+            async with db.execute(
+                "SELECT namespace_id, feature, offered_model_ref FROM namespace_model_selections"
+            ) as cursor:
+                state.namespace_pins = [(int(r[0]), str(r[1]), str(r[2])) for r in await cursor.fetchall()]
+            async with db.execute("SELECT user_id, namespace_id FROM seat_assignments") as cursor:
+                state.seats = [(int(r[0]), int(r[1])) for r in await cursor.fetchall()]
+            async with db.execute("SELECT user_id, namespace_id FROM user_default_namespaces") as cursor:
+                state.default_namespaces = {int(r[0]): int(r[1]) for r in await cursor.fetchall()}
+        finally:
+            await db.execute("COMMIT")
+        return state
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StoreTx]:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        async with self._write_lock:
+            db = self._writer
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield SQLiteTx(db)
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    async def get_api_token(self, model_id: str) -> EncryptedToken | None:
+        async with self._read_db().execute(
+            "SELECT api_token_key_id, api_token_ciphertext FROM self_hosted_models WHERE id = ?", (model_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is None or row[1] is None:
+            return None
+        return EncryptedToken(str(row[0]), bytes(row[1]))
+
+    async def list_seat_assignments(
+        self, user_id: int, namespace_id: int, after: tuple[int, int] | None, limit: int
+    ) -> list[tuple[int, int]]:
+        where = ["(user_id, namespace_id) > (?, ?)"]
+        params: list[object] = list(after or (0, 0))
+        if user_id:
+            where.append("user_id = ?")
+            params.append(user_id)
+        if namespace_id:
+            where.append("namespace_id = ?")
+            params.append(namespace_id)
+        params.append(limit)
+        sql = (
+            "SELECT user_id, namespace_id FROM seat_assignments WHERE "
+            + " AND ".join(where)
+            + " ORDER BY user_id, namespace_id LIMIT ?"
+        )
+        async with self._read_db().execute(sql, params) as cursor:
+            return [(int(r[0]), int(r[1])) for r in await cursor.fetchall()]
+
+    async def list_audit_events(self, resource_prefix: str, before_id: int | None, limit: int) -> list[AuditEvent]:
+        where = ["id < ?"]
+        params: list[object] = [before_id if before_id is not None else 2**63 - 1]
+        if resource_prefix:
+            where.append("substr(resource, 1, ?) = ?")
+            params += [len(resource_prefix), resource_prefix]
+        params.append(limit)
+        sql = (
+            "SELECT id, time, actor, action, resource, before_json, after_json, config_version "
+            "FROM audit_events WHERE " + " AND ".join(where) + " ORDER BY id DESC LIMIT ?"
+        )
+        async with self._read_db().execute(sql, params) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            AuditEvent(
+                id=int(r[0]),
+                time=_time(str(r[1])),
+                actor=str(r[2]),
+                action=str(r[3]),
+                resource=str(r[4]),
+                before_json=str(r[5]),
+                after_json=str(r[6]),
+                config_version=int(r[7]),
+            )
+            for r in rows
+        ]
