@@ -189,7 +189,7 @@ class SQLiteTx(StoreTx):
             async with self._db.execute(
                 f"SELECT user_id, namespace_id FROM seat_assignments WHERE user_id IN ({marks})", chunk
             ) as cursor:
-                held.update((int(r[0]), int(r[1])) async for r in cursor)
+                held.update((int(r[0]), int(r[1])) for r in await cursor.fetchall())
         effective: list[SeatChange] = []
         for change in changes:
             key = (change.user_id, change.namespace_id)
