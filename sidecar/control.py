@@ -89,7 +89,9 @@ class ControlPlane:
         self._publish_lock = asyncio.Lock()
 
     @classmethod
-    async def load(cls, store: Store, cipher: TokenCipher, deployment: DeploymentType, catalog: Catalog) -> ControlPlane:
+    async def load(
+        cls, store: Store, cipher: TokenCipher, deployment: DeploymentType, catalog: Catalog
+    ) -> ControlPlane:
         return cls(store, cipher, build_snapshot(deployment, catalog, await store.load_state()))
 
     @property
@@ -146,11 +148,7 @@ class ControlPlane:
                 subject="platform/bedrock",
             )
         url = urlparse(fields.endpoint)
-        if (
-            url.scheme not in ("http", "https")
-            or not url.hostname
-            or len(fields.endpoint) > MAX_ENDPOINT_LENGTH
-        ):
+        if url.scheme not in ("http", "https") or not url.hostname or len(fields.endpoint) > MAX_ENDPOINT_LENGTH:
             raise invalid_argument(
                 f"{prefix}endpoint",
                 f"endpoint must be an http:// or https:// URL with a host (at most {MAX_ENDPOINT_LENGTH} "
@@ -176,7 +174,7 @@ class ControlPlane:
             )
         return replace(fields, name=name)
 
-    def _encrypt(self, model_id: str, token: str | None) -> EncryptedToken | None | KeepToken:
+    def _encrypt(self, model_id: str, token: str | None) -> EncryptedToken | KeepToken | None:
         if token is None:
             return KEEP_TOKEN
         return self.cipher.encrypt(token, model_id.encode()) if token else None
@@ -203,7 +201,11 @@ class ControlPlane:
                     raise _name_taken(model.name)
                 await tx.put_self_hosted_model(model, self._encrypt(model_id, fields.api_token or ""))
                 version = await tx.record_change(
-                    actor, "CreateSelfHostedModel", f"selfHostedModels/{model_id}", "", _audit_json(model.audit_view())
+                    actor,
+                    "CreateSelfHostedModel",
+                    f"selfHostedModels/{model_id}",
+                    "",
+                    _audit_json(model.audit_view()),
                 )
             self.snapshot = self.snapshot.with_self_hosted_model(model_id, model).with_version(version)
         return model, version
@@ -216,12 +218,14 @@ class ControlPlane:
         paths = list(SELF_HOSTED_FIELDS) if list(mask) == ["*"] else list(mask)
         if not paths:
             raise invalid_argument(
-                "update_mask", f"update_mask is required: name the fields to change ({', '.join(SELF_HOSTED_FIELDS)})"
+                "update_mask",
+                f"update_mask is required: name the fields to change ({', '.join(SELF_HOSTED_FIELDS)})",
             )
         for path in paths:
             if path not in SELF_HOSTED_FIELDS:
                 raise invalid_argument(
-                    "update_mask", f"cannot update '{path}'; updatable fields: {', '.join(SELF_HOSTED_FIELDS)}"
+                    "update_mask",
+                    f"cannot update '{path}'; updatable fields: {', '.join(SELF_HOSTED_FIELDS)}",
                 )
         merged = SelfHostedModelInput(
             name=fields.name if "name" in paths else current.name,
@@ -241,8 +245,11 @@ class ControlPlane:
                 if other is not None and other.id != model_id:
                     raise _name_taken(merged.name)
                 if merged.family != before.family:
-                    await self._check_family_still_compatible(tx_features=await tx.features_using_model(model_id),
-                                                              family=merged.family, name=merged.name)
+                    await self._check_family_still_compatible(
+                        tx_features=await tx.features_using_model(model_id),
+                        family=merged.family,
+                        name=merged.name,
+                    )
                 updated = replace(
                     before,
                     name=merged.name,
@@ -289,8 +296,11 @@ class ControlPlane:
                     )
                 await tx.delete_self_hosted_model(model_id)
                 version = await tx.record_change(
-                    actor, "DeleteSelfHostedModel", f"selfHostedModels/{model_id}",
-                    _audit_json(before.audit_view()), "",
+                    actor,
+                    "DeleteSelfHostedModel",
+                    f"selfHostedModels/{model_id}",
+                    _audit_json(before.audit_view()),
+                    "",
                 )
             self.snapshot = self.snapshot.with_self_hosted_model(model_id, None).with_version(version)
         return version
@@ -374,9 +384,7 @@ class ControlPlane:
                     _audit_json({"offered_model_ref": before} if before else None),
                     _audit_json({"offered_model_ref": ref} if ref else None),
                 )
-            self.snapshot = self.snapshot.with_namespace_pin(namespace_id, info.name, ref or None).with_version(
-                version
-            )
+            self.snapshot = self.snapshot.with_namespace_pin(namespace_id, info.name, ref or None).with_version(version)
         return version
 
     # -- seats and default namespaces (GitLab.com) --------------------------------------------------

@@ -122,7 +122,8 @@ def resolve(snapshot: Snapshot, user_id: int, feature: str, root_namespace_id: i
         raise invalid_argument("user_id", f"user_id must be a positive GitLab user id, got {user_id}")
     if root_namespace_id < 0:
         raise invalid_argument(
-            "root_namespace_id", f"root_namespace_id must be 0 (no context) or positive, got {root_namespace_id}"
+            "root_namespace_id",
+            f"root_namespace_id must be 0 (no context) or positive, got {root_namespace_id}",
         )
     info = feature_info(snapshot, feature)
     if snapshot.deployment_type is DeploymentType.GITLAB_COM:
@@ -181,9 +182,7 @@ def _resolve_gitlab_com(snapshot: Snapshot, user_id: int, info: FeatureInfo, roo
             pinned=any(c.pinned for c in choices),
             pinned_model_unavailable=any(c.pinned_model_unavailable for c in choices),
         )
-        return _catalog_resolution(
-            snapshot, unanimous, SelectionSource.UNANIMOUS_SEAT_NAMESPACES, 0, defaults.prompt
-        )
+        return _catalog_resolution(snapshot, unanimous, SelectionSource.UNANIMOUS_SEAT_NAMESPACES, 0, defaults.prompt)
     raise default_namespace_required(user_id, info.name, candidates)
 
 
@@ -239,8 +238,6 @@ def _resolve_instance(snapshot: Snapshot, info: FeatureInfo) -> Resolution:
             )
     choice = choose(snapshot.instance_pins, info)
     source = (
-        SelectionSource.INSTANCE
-        if choice.pinned or choice.pinned_model_unavailable
-        else SelectionSource.GITLAB_DEFAULT
+        SelectionSource.INSTANCE if choice.pinned or choice.pinned_model_unavailable else SelectionSource.GITLAB_DEFAULT
     )
     return _catalog_resolution(snapshot, choice, source, 0, prompt=False)

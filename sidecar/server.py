@@ -8,10 +8,10 @@ import signal
 from pathlib import Path
 
 import grpc
+from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from sidecar.catalog import load_catalog
 from sidecar.config import Config
 from sidecar.control import ControlPlane
@@ -52,15 +52,18 @@ class Sidecar:
         cipher = TokenCipher(load_or_create_key(self.config.storage.token_key_path))
         self.control = await ControlPlane.load(self.store, cipher, self.config.instance.deployment, catalog)
 
-        server = grpc.aio.server()
+        # No SO_REUSEPORT: a second sidecar on a busy port must fail, not silently share it.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingServicer(self.control), server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.control, self.store.backend_name), server
-        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.control, self.store.backend_name), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (ROUTING_SERVICE, ADMIN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (
+                ROUTING_SERVICE,
+                ADMIN_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
             server,
         )
         try:

@@ -6,12 +6,12 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from enum import IntEnum
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
+from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc, types_pb2
 from google.protobuf import timestamp_pb2
 
-from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from sidecar import __version__, policy
 from sidecar.catalog import CatalogModel, FeatureInfo
 from sidecar.control import ControlPlane, SelfHostedModelInput
@@ -28,11 +28,11 @@ E = TypeVar("E", bound=IntEnum)
 
 def resolution_to_proto(res: policy.Resolution) -> routing_pb2.ResolveModelResponse:
     response = routing_pb2.ResolveModelResponse(
-        provider=res.provider.value,
+        provider=cast(types_pb2.Provider, res.provider.value),
         model_identifier=res.model_identifier,
         model_name=res.model_name,
         gitlab_default=res.gitlab_default,
-        source=res.source.value,
+        source=cast(types_pb2.SelectionSource, res.source.value),
         governing_namespace_id=res.governing_namespace_id,
         default_namespace_prompt=res.default_namespace_prompt,
         pinned_model_unavailable=res.pinned_model_unavailable,
@@ -42,9 +42,9 @@ def resolution_to_proto(res: policy.Resolution) -> routing_pb2.ResolveModelRespo
     model = res.self_hosted_model
     if model is not None:
         response.self_hosted_model_id = model.id
-        response.self_hosted_model_family = model.family.value
+        response.self_hosted_model_family = cast(types_pb2.ModelFamily, model.family.value)
         response.self_hosted_model_endpoint = model.endpoint
-        response.self_hosted_model_platform = model.platform.value
+        response.self_hosted_model_platform = cast(types_pb2.Platform, model.platform.value)
     return response
 
 
@@ -71,7 +71,8 @@ def _actor(context: grpc.aio.ServicerContext) -> str:
             actor = str(value).strip()
             if len(actor) > MAX_ACTOR_LENGTH or not actor.isprintable():
                 raise invalid_argument(
-                    ACTOR_METADATA_KEY, f"{ACTOR_METADATA_KEY} must be printable, at most {MAX_ACTOR_LENGTH} characters"
+                    ACTOR_METADATA_KEY,
+                    f"{ACTOR_METADATA_KEY} must be printable, at most {MAX_ACTOR_LENGTH} characters",
                 )
             return actor or "unknown"
     return "unknown"
@@ -81,8 +82,8 @@ def _model_to_proto(model: SelfHostedModel) -> admin_pb2.SelfHostedModel:
     return admin_pb2.SelfHostedModel(
         id=model.id,
         name=model.name,
-        family=model.family.value,
-        platform=model.platform.value,
+        family=cast(types_pb2.ModelFamily, model.family.value),
+        platform=cast(types_pb2.Platform, model.platform.value),
         endpoint=model.endpoint,
         identifier=model.identifier,
         api_token_set=model.api_token_set,
@@ -95,8 +96,8 @@ def _catalog_model(model: CatalogModel) -> admin_pb2.CatalogModel:
     return admin_pb2.CatalogModel(identifier=model.identifier, name=model.name, provider=model.provider)
 
 
-def _families(info: FeatureInfo) -> list[int]:
-    return sorted(f.value for f in info.compatible_families)
+def _families(info: FeatureInfo) -> list[types_pb2.ModelFamily]:
+    return [cast(types_pb2.ModelFamily, f.value) for f in sorted(info.compatible_families)]
 
 
 class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
@@ -160,7 +161,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListSelfHostedModelsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListSelfHostedModelsResponse:
         page, token = paginate(
-            self._control.list_self_hosted_models(), lambda m: (m.name, m.id), request.page_size, request.page_token
+            self._control.list_self_hosted_models(),
+            lambda m: (m.name, m.id),
+            request.page_size,
+            request.page_token,
         )
         return admin_pb2.ListSelfHostedModelsResponse(
             self_hosted_models=[_model_to_proto(m) for m in page], next_page_token=token
@@ -195,7 +199,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.FeatureSetting(
             feature=info.name,
             title=info.title,
-            provider=setting.provider.value,
+            provider=cast(admin_pb2.FeatureProvider, setting.provider.value),
             self_hosted_model_id=setting.self_hosted_model_id,
             compatible_families=_families(info),
             explicitly_set=explicit,
@@ -263,7 +267,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             list(snapshot.catalog.features.values()), lambda f: f.name, request.page_size, request.page_token
         )
         return admin_pb2.ListInstanceModelSelectionsResponse(
-            model_selections=[self._selection(f, snapshot.instance_pins, 0) for f in page], next_page_token=token
+            model_selections=[self._selection(f, snapshot.instance_pins, 0) for f in page],
+            next_page_token=token,
         )
 
     @translate_errors
@@ -274,7 +279,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             _actor(context), request.namespace_id, request.feature, request.offered_model_ref
         )
         info = self._control.snapshot.catalog.features[request.feature]
-        pins = self._control.snapshot.namespace_pins.get(request.namespace_id, {})
+        pins: Mapping[str, str] = self._control.snapshot.namespace_pins.get(request.namespace_id, {})
         return admin_pb2.UpdateNamespaceModelSelectionResponse(
             model_selection=self._selection(info, pins, request.namespace_id), config_version=str(version)
         )
@@ -286,12 +291,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         if request.namespace_id <= 0:
             raise invalid_argument("namespace_id", f"namespace_id must be positive, got {request.namespace_id}")
         snapshot = self._control.snapshot
-        pins = snapshot.namespace_pins.get(request.namespace_id, {})
+        pins: Mapping[str, str] = snapshot.namespace_pins.get(request.namespace_id, {})
         page, token = paginate(
             list(snapshot.catalog.features.values()), lambda f: f.name, request.page_size, request.page_token
         )
         return admin_pb2.ListNamespaceModelSelectionsResponse(
-            model_selections=[self._selection(f, pins, request.namespace_id) for f in page], next_page_token=token
+            model_selections=[self._selection(f, pins, request.namespace_id) for f in page],
+            next_page_token=token,
         )
 
     # -- catalog --------------------------------------------------------------------------------
@@ -346,7 +352,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         except DuoError as error:
             await context.abort_with_status(status_for(error))
         return admin_pb2.SyncSeatAssignmentsResponse(
-            assigned_count=assigned, removed_count=removed, unchanged_count=unchanged, config_version=str(version)
+            assigned_count=assigned,
+            removed_count=removed,
+            unchanged_count=unchanged,
+            config_version=str(version),
         )
 
     @translate_errors
@@ -362,9 +371,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             isinstance(after, tuple) and len(after) == 2 and all(isinstance(v, int) for v in after)
         ):
             raise invalid_argument("page_token", "page_token belongs to a different list")
-        rows = await self._control.store.list_seat_assignments(
-            request.user_id, request.namespace_id, after, size + 1
-        )
+        rows = await self._control.store.list_seat_assignments(request.user_id, request.namespace_id, after, size + 1)
         token = encode_token(list(rows[size - 1])) if len(rows) > size else ""
         return admin_pb2.ListSeatAssignmentsResponse(
             seat_assignments=[
@@ -434,7 +441,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         start.FromNanoseconds(int(self._start_time * 1e9))
         return admin_pb2.GetServerInfoResponse(
             version=__version__,
-            deployment_type=snapshot.deployment_type.value,
+            deployment_type=cast(admin_pb2.DeploymentType, snapshot.deployment_type.value),
             catalog_version=snapshot.catalog.version,
             config_version=str(snapshot.config_version),
             storage_backend=self._storage_backend,

@@ -85,7 +85,8 @@ class Snapshot:
                     seats[change.user_id] = held
                 elif change.user_id in seats:
                     del seats[change.user_id]
-            return dataclasses.replace(self, seats=seats.finish())
+            updated = seats.finish()
+        return dataclasses.replace(self, seats=updated)
 
     def with_default_namespace(self, user_id: int, namespace_id: int) -> Snapshot:
         defaults = self.default_namespaces

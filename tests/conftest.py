@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
+import pytest_asyncio
+
+from gitlab.duo.routing.v1 import admin_pb2_grpc, routing_pb2_grpc
+from sidecar.config import Config, load_config
+from sidecar.server import Sidecar as SidecarServer
 
 from tests.helpers import SidecarProcess, free_port, run_sidecar, write_config
 
@@ -18,7 +26,9 @@ def start_sidecar(tmp_path: Path) -> Iterator[StartSidecar]:
     """start_sidecar("gitlab_com") runs `duo-sidecar serve` on a fresh database under tmp_path."""
     with ExitStack() as stack:
 
-        def start(deployment_type: str = "self_managed", extra_config: str = "", directory: Path | None = None) -> SidecarProcess:
+        def start(
+            deployment_type: str = "self_managed", extra_config: str = "", directory: Path | None = None
+        ) -> SidecarProcess:
             port = free_port()
             workdir = directory or tmp_path / f"sidecar-{port}"
             workdir.mkdir(parents=True, exist_ok=True)
@@ -26,3 +36,55 @@ def start_sidecar(tmp_path: Path) -> Iterator[StartSidecar]:
             return stack.enter_context(run_sidecar(config, port))
 
         yield start
+
+
+@dataclass
+class Sidecar:
+    """An in-process sidecar on a real socket, with stubs from a real channel."""
+
+    server: SidecarServer
+    channel: grpc.aio.Channel
+    routing: Any
+    admin: Any
+    config: Config
+
+    def actor(self, name: str) -> tuple[tuple[str, str], ...]:
+        return (("x-duo-actor", name),)
+
+
+StartServer = Callable[..., Awaitable[Sidecar]]
+
+
+@pytest_asyncio.fixture
+async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
+    """await start_server("gitlab_com") starts a sidecar in this event loop on 127.0.0.1."""
+    started: list[Sidecar] = []
+
+    async def start(deployment_type: str = "self_managed", data_dir: Path | None = None, **instance: str) -> Sidecar:
+        directory = data_dir or tmp_path / f"data-{len(started)}"
+        env = {
+            "DUO_SIDECAR_SERVER_LISTEN": "127.0.0.1:0",
+            "DUO_SIDECAR_SERVER_GRACE_PERIOD_SECONDS": "1",
+            "DUO_SIDECAR_INSTANCE_DEPLOYMENT_TYPE": deployment_type,
+            "DUO_SIDECAR_STORAGE_PATH": str(directory / "sidecar.db"),
+            **{f"DUO_SIDECAR_INSTANCE_{key.upper()}": value for key, value in instance.items()},
+        }
+        config = load_config(None, env)
+        server = SidecarServer(config)
+        port = await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        sidecar = Sidecar(
+            server,
+            channel,
+            routing_pb2_grpc.RoutingServiceStub(channel),
+            admin_pb2_grpc.AdminServiceStub(channel),
+            config,
+        )
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in started:
+        await sidecar.channel.close()
+        if sidecar.server.server is not None:
+            await sidecar.server.stop()

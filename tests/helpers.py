@@ -104,3 +104,38 @@ def duo_admin_path() -> str:
     found = shutil.which("duo-admin", path=str(BIN))
     assert found, "duo-admin is not installed in the test environment"
     return found
+
+
+@dataclass
+class ErrorDetails:
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    metadata: dict[str, str]
+    field_violations: list[str]
+    precondition_types: list[str]
+
+
+def error_details(error: grpc.RpcError) -> ErrorDetails:
+    """Decodes the google.rpc.Status details the sidecar attaches to every error."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    assert status is not None, f"{error.code()} without grpc-status-details-bin: {error.details()}"
+    info = error_details_pb2.ErrorInfo()
+    fields: list[str] = []
+    preconditions: list[str] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            detail.Unpack(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            fields += [v.field for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            failure = error_details_pb2.PreconditionFailure()
+            detail.Unpack(failure)
+            preconditions += [v.type for v in failure.violations]
+    assert info.domain == "routing.duo.gitlab.com"
+    return ErrorDetails(error.code(), status.message, info.reason, dict(info.metadata), fields, preconditions)

@@ -43,9 +43,7 @@ class StoreTx(abc.ABC):
     async def find_self_hosted_model_by_name(self, name: str) -> SelfHostedModel | None: ...
 
     @abc.abstractmethod
-    async def put_self_hosted_model(
-        self, model: SelfHostedModel, token: EncryptedToken | None | KeepToken
-    ) -> None: ...
+    async def put_self_hosted_model(self, model: SelfHostedModel, token: EncryptedToken | KeepToken | None) -> None: ...
 
     @abc.abstractmethod
     async def delete_self_hosted_model(self, model_id: str) -> None: ...
@@ -85,9 +83,7 @@ class StoreTx(abc.ABC):
     async def set_default_namespace(self, user_id: int, namespace_id: int) -> None: ...
 
     @abc.abstractmethod
-    async def record_change(
-        self, actor: str, action: str, resource: str, before_json: str, after_json: str
-    ) -> int:
+    async def record_change(self, actor: str, action: str, resource: str, before_json: str, after_json: str) -> int:
         """Writes the audit event, bumps the config version and returns the new version."""
 
 
@@ -123,5 +119,3 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def schema_version(self) -> int: ...
-
-

@@ -84,12 +84,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "initial schema",
-        sqlite=_INITIAL_COMMON.format(
-            blob="BLOB", time="TEXT", serial="INTEGER", without_rowid=" WITHOUT ROWID"
-        ),
-        postgres=_INITIAL_COMMON.format(
-            blob="BYTEA", time="TIMESTAMPTZ", serial="BIGSERIAL", without_rowid=""
-        ),
+        sqlite=_INITIAL_COMMON.format(blob="BLOB", time="TEXT", serial="INTEGER", without_rowid=" WITHOUT ROWID"),
+        postgres=_INITIAL_COMMON.format(blob="BYTEA", time="TIMESTAMPTZ", serial="BIGSERIAL", without_rowid=""),
     ),
 )
 

@@ -75,9 +75,7 @@ class SQLiteTx(StoreTx):
         row = await self._one(f"SELECT {_MODEL_COLUMNS} FROM self_hosted_models WHERE name = ?", name)
         return _model(row) if row else None
 
-    async def put_self_hosted_model(
-        self, model: SelfHostedModel, token: EncryptedToken | None | KeepToken
-    ) -> None:
+    async def put_self_hosted_model(self, model: SelfHostedModel, token: EncryptedToken | KeepToken | None) -> None:
         await self._db.execute(
             """
             INSERT INTO self_hosted_models
@@ -110,14 +108,13 @@ class SQLiteTx(StoreTx):
 
     async def features_using_model(self, model_id: str) -> list[str]:
         async with self._db.execute(
-            "SELECT feature FROM feature_settings WHERE self_hosted_model_id = ? ORDER BY feature", (model_id,)
+            "SELECT feature FROM feature_settings WHERE self_hosted_model_id = ? ORDER BY feature",
+            (model_id,),
         ) as cursor:
             return [str(row[0]) async for row in cursor]
 
     async def get_feature_setting(self, feature: str) -> FeatureSetting | None:
-        row = await self._one(
-            "SELECT provider, self_hosted_model_id FROM feature_settings WHERE feature = ?", feature
-        )
+        row = await self._one("SELECT provider, self_hosted_model_id FROM feature_settings WHERE feature = ?", feature)
         if row is None:
             return None
         return FeatureSetting(feature, FeatureProvider[str(row[0]).upper()], str(row[1] or ""))
@@ -236,9 +233,7 @@ class SQLiteTx(StoreTx):
         else:
             await self._db.execute("DELETE FROM user_default_namespaces WHERE user_id = ?", (user_id,))
 
-    async def record_change(
-        self, actor: str, action: str, resource: str, before_json: str, after_json: str
-    ) -> int:
+    async def record_change(self, actor: str, action: str, resource: str, before_json: str, after_json: str) -> int:
         await self._db.execute("UPDATE config_version SET version = version + 1 WHERE id = 1")
         row = await self._one("SELECT version FROM config_version WHERE id = 1")
         assert row is not None
@@ -333,8 +328,7 @@ class SQLiteStore(Store):
                 state.self_hosted_models = [_model(tuple(r)) async for r in cursor]
             async with db.execute("SELECT feature, provider, self_hosted_model_id FROM feature_settings") as cursor:
                 state.feature_settings = [
-                    FeatureSetting(str(r[0]), FeatureProvider[str(r[1]).upper()], str(r[2] or ""))
-                    async for r in cursor
+                    FeatureSetting(str(r[0]), FeatureProvider[str(r[1]).upper()], str(r[2] or "")) async for r in cursor
                 ]
             async with db.execute("SELECT feature, offered_model_ref FROM instance_model_selections") as cursor:
                 state.instance_pins = {str(r[0]): str(r[1]) async for r in cursor}

@@ -1,0 +1,58 @@
+"""Configuration loading: defaults, file values, environment overrides and errors that say where."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import ConfigError, load_config
+from sidecar.domain import DeploymentType
+
+
+def test_defaults_match_the_design() -> None:
+    config = load_config(None, {})
+    assert config.server.listen == "127.0.0.1:50051"
+    assert config.metrics.listen == "127.0.0.1:9236"
+    assert config.instance.deployment is DeploymentType.SELF_MANAGED
+    assert config.instance.ai_gateway_url == "https://cloud.gitlab.com/ai"
+    assert (config.storage.backend, config.storage.path) == ("sqlite", "var/sidecar.db")
+    assert config.storage.token_key_path == Path("var/token.key")
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[instance]\ndeployment_type = "dedicated"\n[server]\ngrace_period_seconds = 3\n')
+    config = load_config(path, {"DUO_SIDECAR_INSTANCE_DEPLOYMENT_TYPE": "gitlab_com", "DUO_SIDECAR_TEST_POSTGRES_DSN": "x"})
+    assert config.instance.deployment is DeploymentType.GITLAB_COM
+    assert config.server.grace_period_seconds == 3.0
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "message"),
+    [
+        ("[server]\nlisten = 'nowhere'\n", {}, "[server] listen: expected HOST:PORT"),
+        ("[server]\ngrace_period_seconds = 'soon'\n", {}, "[server] grace_period_seconds: expected float"),
+        ("[storage]\nbackend = 'mysql'\n", {}, "[storage] backend: must be sqlite or postgres"),
+        ("[instance]\nai_gateway_url = 'cloud.gitlab.com'\n", {}, "[instance] ai_gateway_url: expected an http(s) URL"),
+        ("[log]\nlevel = 'loud'\n", {}, "[log] level: must be one of"),
+        ("[auth]\nadmin_secret_file = '/no/such/file'\n", {}, "[auth] admin_secret_file: file /no/such/file does not exist"),
+        ("[metricz]\n", {}, "unknown section [metricz]"),
+        ("not toml at all [", {}, "not valid TOML"),
+        ("", {"DUO_SIDECAR_SERVER_LISTEN": "x"}, "environment DUO_SIDECAR_SERVER_LISTEN: expected HOST:PORT"),
+        ("", {"DUO_SIDECAR_SERVER_PORT": "1"}, "environment DUO_SIDECAR_SERVER_PORT: unknown key"),
+    ],
+)
+def test_errors_name_where_the_problem_is(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, env)
+    assert message in str(raised.value)
+    if not env:
+        assert str(path) in str(raised.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.toml", {})
