@@ -37,6 +37,24 @@ MAX_SEAT_CHANGES_PER_BATCH = 10_000
 SELF_HOSTED_FIELDS = ("name", "family", "platform", "endpoint", "identifier", "api_token")
 
 
+@dataclass(frozen=True)
+class DeploymentRule:
+    """Which deployments a kind of setting applies to."""
+
+    what: str
+    allowed: tuple[DeploymentType, ...]
+
+
+SELF_HOSTED_MODELS = DeploymentRule("Self-hosted models", (DeploymentType.SELF_MANAGED,))
+FEATURE_SETTINGS = DeploymentRule("Feature settings", (DeploymentType.SELF_MANAGED,))
+INSTANCE_SELECTIONS = DeploymentRule(
+    "Instance model selections", (DeploymentType.DEDICATED, DeploymentType.SELF_MANAGED)
+)
+NAMESPACE_SELECTIONS = DeploymentRule("Namespace model selections", (DeploymentType.GITLAB_COM,))
+SEAT_ASSIGNMENTS = DeploymentRule("Seat assignments", (DeploymentType.GITLAB_COM,))
+DEFAULT_NAMESPACES = DeploymentRule("Default GitLab Duo namespaces", (DeploymentType.GITLAB_COM,))
+
+
 def build_snapshot(deployment: DeploymentType, catalog: Catalog, state: StoredState) -> Snapshot:
     seats: dict[int, set[int]] = {}
     for user_id, namespace_id in state.seats:
@@ -98,12 +116,12 @@ class ControlPlane:
     def deployment(self) -> DeploymentType:
         return self.snapshot.deployment_type
 
-    def _require_deployment(self, allowed: Sequence[DeploymentType], what: str) -> None:
-        if self.deployment not in allowed:
-            where = " and ".join(d.title for d in allowed)
+    def require_deployment(self, rule: DeploymentRule) -> None:
+        if self.deployment not in rule.allowed:
+            where = " and ".join(d.title for d in rule.allowed)
             raise failed_precondition(
                 "WRONG_DEPLOYMENT_TYPE",
-                f"{what} apply only to {where}; this sidecar serves {self.deployment.title} "
+                f"{rule.what} apply only to {where}; this sidecar serves {self.deployment.title} "
                 f"(instance.deployment_type = {self.deployment.config_name})",
                 subject=self.deployment.config_name,
             )
@@ -180,7 +198,7 @@ class ControlPlane:
         return self.cipher.encrypt(token, model_id.encode()) if token else None
 
     async def create_self_hosted_model(self, actor: str, fields: SelfHostedModelInput) -> tuple[SelfHostedModel, int]:
-        self._require_deployment([DeploymentType.SELF_MANAGED], "Self-hosted models")
+        self.require_deployment(SELF_HOSTED_MODELS)
         fields = self._validate_model(fields, "self_hosted_model.")
         now = datetime.now(UTC)
         model_id = uuid.uuid4().hex[:12]
@@ -213,7 +231,7 @@ class ControlPlane:
     async def update_self_hosted_model(
         self, actor: str, model_id: str, fields: SelfHostedModelInput, mask: Sequence[str]
     ) -> tuple[SelfHostedModel, int]:
-        self._require_deployment([DeploymentType.SELF_MANAGED], "Self-hosted models")
+        self.require_deployment(SELF_HOSTED_MODELS)
         current = self.get_self_hosted_model(model_id)
         paths = list(SELF_HOSTED_FIELDS) if list(mask) == ["*"] else list(mask)
         if not paths:
@@ -278,7 +296,7 @@ class ControlPlane:
                 raise _incompatible(name, info)
 
     async def delete_self_hosted_model(self, actor: str, model_id: str) -> int:
-        self._require_deployment([DeploymentType.SELF_MANAGED], "Self-hosted models")
+        self.require_deployment(SELF_HOSTED_MODELS)
         self.get_self_hosted_model(model_id)
         async with self._publish_lock:
             async with self.store.transaction() as tx:
@@ -317,7 +335,7 @@ class ControlPlane:
     async def update_feature_setting(
         self, actor: str, feature: str, provider: FeatureProvider, model_id: str
     ) -> tuple[FeatureSetting, int]:
-        self._require_deployment([DeploymentType.SELF_MANAGED], "Feature settings")
+        self.require_deployment(FEATURE_SETTINGS)
         info = self._feature(feature)
         if provider is FeatureProvider.SELF_HOSTED:
             if not model_id:
@@ -351,7 +369,7 @@ class ControlPlane:
     # -- model selection --------------------------------------------------------------------------
 
     async def update_instance_selection(self, actor: str, feature: str, ref: str) -> int:
-        self._require_deployment([DeploymentType.DEDICATED, DeploymentType.SELF_MANAGED], "Instance model selections")
+        self.require_deployment(INSTANCE_SELECTIONS)
         info = self._feature(feature)
         self._selectable(info, ref)
         async with self._publish_lock:
@@ -369,7 +387,7 @@ class ControlPlane:
         return version
 
     async def update_namespace_selection(self, actor: str, namespace_id: int, feature: str, ref: str) -> int:
-        self._require_deployment([DeploymentType.GITLAB_COM], "Namespace model selections")
+        self.require_deployment(NAMESPACE_SELECTIONS)
         _positive(namespace_id, "namespace_id")
         info = self._feature(feature)
         self._selectable(info, ref)
@@ -390,7 +408,7 @@ class ControlPlane:
     # -- seats and default namespaces (GitLab.com) --------------------------------------------------
 
     async def sync_seats(self, actor: str, changes: Sequence[SeatChange]) -> SeatSyncResult:
-        self._require_deployment([DeploymentType.GITLAB_COM], "Seat assignments")
+        self.require_deployment(SEAT_ASSIGNMENTS)
         if len(changes) > MAX_SEAT_CHANGES_PER_BATCH:
             raise invalid_argument(
                 "assignments",
@@ -421,7 +439,7 @@ class ControlPlane:
         return SeatSyncResult(assigned, len(effective) - assigned, len(changes) - len(effective), version)
 
     async def set_default_namespace(self, actor: str, user_id: int, namespace_id: int) -> int:
-        self._require_deployment([DeploymentType.GITLAB_COM], "Default GitLab Duo namespaces")
+        self.require_deployment(DEFAULT_NAMESPACES)
         _positive(user_id, "user_id")
         if namespace_id < 0:
             raise invalid_argument("namespace_id", "namespace_id must be positive, or 0 to clear the default")

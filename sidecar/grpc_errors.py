@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -65,20 +66,27 @@ def _storage_unavailable(exc: Exception) -> DuoError:
     )
 
 
+@contextlib.asynccontextmanager
+async def errors_as_status(context: grpc.aio.ServicerContext, rpc: str) -> AsyncIterator[None]:
+    """Inside a servicer method: DuoError and storage failures end the RPC with a documented status."""
+    try:
+        yield
+    except DuoError as error:
+        await context.abort_with_status(status_for(error))
+    except sqlite3.Error as exc:
+        log.exception("storage error in %s", rpc)
+        await context.abort_with_status(status_for(_storage_unavailable(exc)))
+
+
 def translate_errors(
     method: Callable[..., Awaitable[R]],
 ) -> Callable[..., Awaitable[R]]:
-    """Decorates a unary servicer method: DuoError and storage failures become documented statuses."""
+    """Decorates a unary servicer method with errors_as_status."""
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
-        try:
+        async with errors_as_status(context, method.__name__):
             return await method(self, request, context)
-        except DuoError as error:
-            await context.abort_with_status(status_for(error))
-        except sqlite3.Error as exc:
-            log.exception("storage error in %s", method.__name__)
-            await context.abort_with_status(status_for(_storage_unavailable(exc)))
         raise AssertionError("unreachable: abort raises")
 
     return wrapper

@@ -8,10 +8,10 @@ import signal
 from pathlib import Path
 
 import grpc
-from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from sidecar.catalog import load_catalog
 from sidecar.config import Config
 from sidecar.control import ControlPlane

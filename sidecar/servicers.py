@@ -9,15 +9,21 @@ from enum import IntEnum
 from typing import TypeVar, cast
 
 import grpc
-from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc, types_pb2
 from google.protobuf import timestamp_pb2
 
+from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc, types_pb2
 from sidecar import __version__, policy
 from sidecar.catalog import CatalogModel, FeatureInfo
-from sidecar.control import ControlPlane, SelfHostedModelInput
+from sidecar.control import (
+    FEATURE_SETTINGS,
+    INSTANCE_SELECTIONS,
+    NAMESPACE_SELECTIONS,
+    ControlPlane,
+    SelfHostedModelInput,
+)
 from sidecar.domain import AuditEvent, FeatureProvider, ModelFamily, Platform, SeatChange, SelfHostedModel
 from sidecar.errors import DuoError, invalid_argument
-from sidecar.grpc_errors import status_for, translate_errors
+from sidecar.grpc_errors import errors_as_status, translate_errors
 from sidecar.paging import decode_token, encode_token, page_size, paginate
 
 ACTOR_METADATA_KEY = "x-duo-actor"
@@ -112,6 +118,16 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
             policy.resolve(self._control.snapshot, request.user_id, request.feature, request.root_namespace_id)
         )
 
+    async def Complete(
+        self, request: routing_pb2.CompleteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[routing_pb2.CompleteResponse]:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "Complete is not available in this version of the sidecar; call ResolveModel and send the request "
+            "to the model yourself",
+        )
+        yield routing_pb2.CompleteResponse()  # pragma: no cover - abort raises
+
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, control: ControlPlane, storage_backend: str) -> None:
@@ -165,6 +181,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             lambda m: (m.name, m.id),
             request.page_size,
             request.page_token,
+            "selfHostedModels",
         )
         return admin_pb2.ListSelfHostedModelsResponse(
             self_hosted_models=[_model_to_proto(m) for m in page], next_page_token=token
@@ -222,8 +239,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListFeatureSettings(
         self, request: admin_pb2.ListFeatureSettingsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListFeatureSettingsResponse:
+        self._control.require_deployment(FEATURE_SETTINGS)
         features = list(self._control.snapshot.catalog.features.values())
-        page, token = paginate(features, lambda f: f.name, request.page_size, request.page_token)
+        page, token = paginate(features, lambda f: f.name, request.page_size, request.page_token, "featureSettings")
         return admin_pb2.ListFeatureSettingsResponse(
             feature_settings=[self._feature_setting(f) for f in page], next_page_token=token
         )
@@ -262,9 +280,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListInstanceModelSelections(
         self, request: admin_pb2.ListInstanceModelSelectionsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListInstanceModelSelectionsResponse:
+        self._control.require_deployment(INSTANCE_SELECTIONS)
         snapshot = self._control.snapshot
         page, token = paginate(
-            list(snapshot.catalog.features.values()), lambda f: f.name, request.page_size, request.page_token
+            list(snapshot.catalog.features.values()),
+            lambda f: f.name,
+            request.page_size,
+            request.page_token,
+            "instanceModelSelections",
         )
         return admin_pb2.ListInstanceModelSelectionsResponse(
             model_selections=[self._selection(f, snapshot.instance_pins, 0) for f in page],
@@ -288,12 +311,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListNamespaceModelSelections(
         self, request: admin_pb2.ListNamespaceModelSelectionsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListNamespaceModelSelectionsResponse:
+        self._control.require_deployment(NAMESPACE_SELECTIONS)
         if request.namespace_id <= 0:
             raise invalid_argument("namespace_id", f"namespace_id must be positive, got {request.namespace_id}")
         snapshot = self._control.snapshot
         pins: Mapping[str, str] = snapshot.namespace_pins.get(request.namespace_id, {})
         page, token = paginate(
-            list(snapshot.catalog.features.values()), lambda f: f.name, request.page_size, request.page_token
+            list(snapshot.catalog.features.values()),
+            lambda f: f.name,
+            request.page_size,
+            request.page_token,
+            f"namespaceModelSelections/{request.namespace_id}",
         )
         return admin_pb2.ListNamespaceModelSelectionsResponse(
             model_selections=[self._selection(f, pins, request.namespace_id) for f in page],
@@ -311,7 +339,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             features = [policy.feature_info(self._control.snapshot, request.feature)]
         else:
             features = list(catalog.features.values())
-        page, token = paginate(features, lambda f: f.name, request.page_size, request.page_token)
+        page, token = paginate(
+            features, lambda f: f.name, request.page_size, request.page_token, f"selectableModels/{request.feature}"
+        )
         return admin_pb2.ListSelectableModelsResponse(
             features=[
                 admin_pb2.SelectableModels(
@@ -330,6 +360,24 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             catalog_version=catalog.version,
         )
 
+    async def RefreshCatalog(
+        self, request: admin_pb2.RefreshCatalogRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RefreshCatalogResponse:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "RefreshCatalog is not available in this version; the sidecar uses its bundled catalog "
+            "(instance.catalog_path overrides it at start)",
+        )
+        raise AssertionError("unreachable: abort raises")
+
+    async def TestSelfHostedModel(
+        self, request: admin_pb2.TestSelfHostedModelRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.TestSelfHostedModelResponse:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "TestSelfHostedModel is not available in this version of the sidecar"
+        )
+        raise AssertionError("unreachable: abort raises")
+
     # -- seats and defaults ---------------------------------------------------------------------
 
     async def SyncSeatAssignments(
@@ -339,7 +387,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.SyncSeatAssignmentsResponse:
         assigned = removed = unchanged = 0
         version = self._control.snapshot.config_version
-        try:
+        async with errors_as_status(context, "SyncSeatAssignments"):
             actor = _actor(context)
             async for batch in request_iterator:
                 result = await self._control.sync_seats(
@@ -349,8 +397,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 removed += result.removed
                 unchanged += result.unchanged
                 version = result.config_version
-        except DuoError as error:
-            await context.abort_with_status(status_for(error))
         return admin_pb2.SyncSeatAssignmentsResponse(
             assigned_count=assigned,
             removed_count=removed,
@@ -366,13 +412,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             field = "user_id" if request.user_id < 0 else "namespace_id"
             raise invalid_argument(field, f"{field} must be positive, or 0 for any")
         size = page_size(request.page_size)
-        after = decode_token(request.page_token)
+        scope = f"seatAssignments/{request.user_id}/{request.namespace_id}"
+        after = decode_token(request.page_token, scope)
         if after is not None and not (
             isinstance(after, tuple) and len(after) == 2 and all(isinstance(v, int) for v in after)
         ):
             raise invalid_argument("page_token", "page_token belongs to a different list")
         rows = await self._control.store.list_seat_assignments(request.user_id, request.namespace_id, after, size + 1)
-        token = encode_token(list(rows[size - 1])) if len(rows) > size else ""
+        token = encode_token(rows[size - 1], scope) if len(rows) > size else ""
         return admin_pb2.ListSeatAssignmentsResponse(
             seat_assignments=[
                 admin_pb2.SeatAssignment(user_id=u, namespace_id=n, assigned=True) for u, n in rows[:size]
@@ -423,11 +470,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListAuditEventsResponse:
         size = page_size(request.page_size)
-        before = decode_token(request.page_token)
+        scope = f"auditEvents/{request.resource_prefix}"
+        before = decode_token(request.page_token, scope)
         if before is not None and not isinstance(before, int):
             raise invalid_argument("page_token", "page_token belongs to a different list")
         events = await self._control.store.list_audit_events(request.resource_prefix, before, size + 1)
-        token = encode_token(events[size - 1].id) if len(events) > size else ""
+        token = encode_token(events[size - 1].id, scope) if len(events) > size else ""
         return admin_pb2.ListAuditEventsResponse(
             audit_events=[_audit_to_proto(e) for e in events[:size]], next_page_token=token
         )

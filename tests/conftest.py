@@ -15,7 +15,6 @@ import pytest_asyncio
 from gitlab.duo.routing.v1 import admin_pb2_grpc, routing_pb2_grpc
 from sidecar.config import Config, load_config
 from sidecar.server import Sidecar as SidecarServer
-
 from tests.helpers import SidecarProcess, free_port, run_sidecar, write_config
 
 StartSidecar = Callable[..., SidecarProcess]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -97,12 +99,10 @@ async def test_token_is_stored_encrypted(start_server: StartServer) -> None:
     await create(sidecar, vllm_model())
     await sidecar.server.stop()
     database = sidecar.config.storage.path
-    for path in (database, database + "-wal"):
-        try:
-            with open(path, "rb") as f:
-                assert TOKEN.encode() not in f.read()
-        except FileNotFoundError:
-            pass
+    files = [Path(database), Path(database + "-wal")]
+    for path in files:
+        if path.exists():
+            assert TOKEN.encode() not in path.read_bytes()
 
 
 async def test_feature_setting_to_self_hosted_model_and_back(start_server: StartServer) -> None:
@@ -204,6 +204,10 @@ async def test_pin_must_be_selectable(start_server: StartServer) -> None:
         ("dedicated", "self_hosted_model", "WRONG_DEPLOYMENT_TYPE"),
         ("gitlab_com", "feature_setting", "WRONG_DEPLOYMENT_TYPE"),
         ("dedicated", "default_namespace", "WRONG_DEPLOYMENT_TYPE"),
+        ("self_managed", "list_namespace_pins", "WRONG_DEPLOYMENT_TYPE"),
+        ("gitlab_com", "list_instance_pins", "WRONG_DEPLOYMENT_TYPE"),
+        ("dedicated", "list_feature_settings", "WRONG_DEPLOYMENT_TYPE"),
+        ("self_managed", "seats", "WRONG_DEPLOYMENT_TYPE"),
     ],
 )
 async def test_deployment_rules(start_server: StartServer, deployment: str, call: str, reason: str) -> None:
@@ -213,7 +217,9 @@ async def test_deployment_rules(start_server: StartServer, deployment: str, call
             admin_pb2.UpdateInstanceModelSelectionRequest(feature="duo_chat", offered_model_ref="gpt_5")
         ),
         "namespace_pin": lambda: sidecar.admin.UpdateNamespaceModelSelection(
-            admin_pb2.UpdateNamespaceModelSelectionRequest(namespace_id=1, feature="duo_chat", offered_model_ref="gpt_5")
+            admin_pb2.UpdateNamespaceModelSelectionRequest(
+                namespace_id=1, feature="duo_chat", offered_model_ref="gpt_5"
+            )
         ),
         "self_hosted_model": lambda: sidecar.admin.CreateSelfHostedModel(
             admin_pb2.CreateSelfHostedModelRequest(self_hosted_model=vllm_model())
@@ -223,6 +229,22 @@ async def test_deployment_rules(start_server: StartServer, deployment: str, call
         ),
         "default_namespace": lambda: sidecar.admin.SetUserDefaultNamespace(
             admin_pb2.SetUserDefaultNamespaceRequest(user_id=1, namespace_id=1)
+        ),
+        "list_namespace_pins": lambda: sidecar.admin.ListNamespaceModelSelections(
+            admin_pb2.ListNamespaceModelSelectionsRequest(namespace_id=1)
+        ),
+        "list_instance_pins": lambda: sidecar.admin.ListInstanceModelSelections(
+            admin_pb2.ListInstanceModelSelectionsRequest()
+        ),
+        "list_feature_settings": lambda: sidecar.admin.ListFeatureSettings(admin_pb2.ListFeatureSettingsRequest()),
+        "seats": lambda: sidecar.admin.SyncSeatAssignments(
+            iter(
+                [
+                    admin_pb2.SyncSeatAssignmentsRequest(
+                        assignments=[admin_pb2.SeatAssignment(user_id=1, namespace_id=2)]
+                    )
+                ]
+            )
         ),
     }
     details = await rpc_error(calls[call]())
@@ -302,7 +324,7 @@ async def test_invalid_arguments_across_rpcs(start_server: StartServer) -> None:
          "user_id"),
         (admin.GetUserRoutingStatus(admin_pb2.GetUserRoutingStatusRequest(user_id=-3)), "user_id"),
         (admin.GetSelfHostedModel(admin_pb2.GetSelfHostedModelRequest(id="")), "id"),
-        (admin.UpdateFeatureSetting(admin_pb2.UpdateFeatureSettingRequest(feature="duo_chat", provider=42)),
+        (admin.UpdateFeatureSetting(admin_pb2.UpdateFeatureSettingRequest(feature="duo_chat", provider=cast(Any, 42))),
          "provider"),
     ]  # fmt: skip
     for call, field in cases:
@@ -315,8 +337,10 @@ async def test_invalid_arguments_across_rpcs(start_server: StartServer) -> None:
 async def test_seat_sync_validates_each_batch_atomically(start_server: StartServer) -> None:
     sidecar = await start_server("gitlab_com")
 
-    async def batches():  # type: ignore[no-untyped-def]
-        yield admin_pb2.SyncSeatAssignmentsRequest(assignments=[admin_pb2.SeatAssignment(user_id=1, namespace_id=10, assigned=True)])
+    async def batches() -> AsyncIterator[admin_pb2.SyncSeatAssignmentsRequest]:
+        yield admin_pb2.SyncSeatAssignmentsRequest(
+            assignments=[admin_pb2.SeatAssignment(user_id=1, namespace_id=10, assigned=True)]
+        )
         yield admin_pb2.SyncSeatAssignmentsRequest(
             assignments=[
                 admin_pb2.SeatAssignment(user_id=2, namespace_id=10, assigned=True),
@@ -335,9 +359,11 @@ async def test_seat_sync_validates_each_batch_atomically(start_server: StartServ
 async def test_seat_sync_counts_and_lists_with_pagination(start_server: StartServer) -> None:
     sidecar = await start_server("gitlab_com")
 
-    async def batches():  # type: ignore[no-untyped-def]
+    async def batches() -> AsyncIterator[admin_pb2.SyncSeatAssignmentsRequest]:
         yield admin_pb2.SyncSeatAssignmentsRequest(
-            assignments=[admin_pb2.SeatAssignment(user_id=u, namespace_id=n, assigned=True) for u in (1, 2, 3) for n in (10, 20)]
+            assignments=[
+                admin_pb2.SeatAssignment(user_id=u, namespace_id=n, assigned=True) for u in (1, 2, 3) for n in (10, 20)
+            ]
         )
         yield admin_pb2.SyncSeatAssignmentsRequest(
             assignments=[
@@ -352,7 +378,9 @@ async def test_seat_sync_counts_and_lists_with_pagination(start_server: StartSer
     seen: list[tuple[int, int]] = []
     token = ""
     while True:
-        page = await sidecar.admin.ListSeatAssignments(admin_pb2.ListSeatAssignmentsRequest(page_size=2, page_token=token))
+        page = await sidecar.admin.ListSeatAssignments(
+            admin_pb2.ListSeatAssignmentsRequest(page_size=2, page_token=token)
+        )
         seen += [(s.user_id, s.namespace_id) for s in page.seat_assignments]
         token = page.next_page_token
         if not token:
@@ -360,6 +388,14 @@ async def test_seat_sync_counts_and_lists_with_pagination(start_server: StartSer
     assert seen == [(1, 10), (1, 20), (2, 10), (2, 20), (3, 10)]
     by_namespace = await sidecar.admin.ListSeatAssignments(admin_pb2.ListSeatAssignmentsRequest(namespace_id=20))
     assert [s.user_id for s in by_namespace.seat_assignments] == [1, 2]
+    first = await sidecar.admin.ListSeatAssignments(admin_pb2.ListSeatAssignmentsRequest(page_size=1))
+    reused = await rpc_error(
+        sidecar.admin.ListSeatAssignments(
+            admin_pb2.ListSeatAssignmentsRequest(namespace_id=20, page_token=first.next_page_token)
+        )
+    )
+    assert (reused.code, reused.field_violations) == (grpc.StatusCode.INVALID_ARGUMENT, ["page_token"])
+    assert "different list or different filters" in reused.message
 
 
 async def test_list_pagination_over_features(start_server: StartServer) -> None:
@@ -367,7 +403,9 @@ async def test_list_pagination_over_features(start_server: StartServer) -> None:
     names: list[str] = []
     token = ""
     while True:
-        page = await sidecar.admin.ListSelectableModels(admin_pb2.ListSelectableModelsRequest(page_size=5, page_token=token))
+        page = await sidecar.admin.ListSelectableModels(
+            admin_pb2.ListSelectableModelsRequest(page_size=5, page_token=token)
+        )
         assert len(page.features) <= 5
         names += [f.feature for f in page.features]
         token = page.next_page_token

@@ -23,7 +23,9 @@ def test_defaults_match_the_design() -> None:
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[instance]\ndeployment_type = "dedicated"\n[server]\ngrace_period_seconds = 3\n')
-    config = load_config(path, {"DUO_SIDECAR_INSTANCE_DEPLOYMENT_TYPE": "gitlab_com", "DUO_SIDECAR_TEST_POSTGRES_DSN": "x"})
+    config = load_config(
+        path, {"DUO_SIDECAR_INSTANCE_DEPLOYMENT_TYPE": "gitlab_com", "DUO_SIDECAR_TEST_POSTGRES_DSN": "x"}
+    )
     assert config.instance.deployment is DeploymentType.GITLAB_COM
     assert config.server.grace_period_seconds == 3.0
 
@@ -36,7 +38,11 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ("[storage]\nbackend = 'mysql'\n", {}, "[storage] backend: must be sqlite or postgres"),
         ("[instance]\nai_gateway_url = 'cloud.gitlab.com'\n", {}, "[instance] ai_gateway_url: expected an http(s) URL"),
         ("[log]\nlevel = 'loud'\n", {}, "[log] level: must be one of"),
-        ("[auth]\nadmin_secret_file = '/no/such/file'\n", {}, "[auth] admin_secret_file: file /no/such/file does not exist"),
+        (
+            "[auth]\nadmin_secret_file = '/no/such/file'\n",
+            {},
+            "[auth] admin_secret_file: file /no/such/file does not exist",
+        ),
         ("[metricz]\n", {}, "unknown section [metricz]"),
         ("not toml at all [", {}, "not valid TOML"),
         ("", {"DUO_SIDECAR_SERVER_LISTEN": "x"}, "environment DUO_SIDECAR_SERVER_LISTEN: expected HOST:PORT"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -25,7 +26,7 @@ async def resolve(sidecar: Sidecar, user: int, feature: str, namespace: int = 0)
 
 
 async def seats(sidecar: Sidecar, *pairs: tuple[int, int], assigned: bool = True) -> None:
-    async def batches():  # type: ignore[no-untyped-def]
+    async def batches() -> AsyncIterator[admin_pb2.SyncSeatAssignmentsRequest]:
         yield admin_pb2.SyncSeatAssignmentsRequest(
             assignments=[admin_pb2.SeatAssignment(user_id=u, namespace_id=n, assigned=assigned) for u, n in pairs]
         )
@@ -35,7 +36,9 @@ async def seats(sidecar: Sidecar, *pairs: tuple[int, int], assigned: bool = True
 
 async def pin(sidecar: Sidecar, namespace: int, feature: str, model: str) -> None:
     await sidecar.admin.UpdateNamespaceModelSelection(
-        admin_pb2.UpdateNamespaceModelSelectionRequest(namespace_id=namespace, feature=feature, offered_model_ref=model),
+        admin_pb2.UpdateNamespaceModelSelectionRequest(
+            namespace_id=namespace, feature=feature, offered_model_ref=model
+        ),
         metadata=sidecar.actor("owner@example.com"),
     )
 
@@ -58,7 +61,9 @@ async def test_namespace_owner_on_gitlab_com_sets_model_per_feature(start_server
 async def test_instance_owner_sets_model_per_feature(start_server: StartServer, deployment: str) -> None:
     sidecar = await start_server(deployment)
     reply = await sidecar.admin.UpdateInstanceModelSelection(
-        admin_pb2.UpdateInstanceModelSelectionRequest(feature="duo_chat", offered_model_ref="claude_sonnet_4_5_20250929")
+        admin_pb2.UpdateInstanceModelSelectionRequest(
+            feature="duo_chat", offered_model_ref="claude_sonnet_4_5_20250929"
+        )
     )
     assert reply.model_selection.effective_model_identifier == "claude_sonnet_4_5_20250929"
     answer = await resolve(sidecar, 5, "duo_chat_explain_code")
@@ -137,7 +142,9 @@ async def test_default_namespace_requires_a_seat_and_goes_stale_when_the_seat_is
     sidecar = await start_server("gitlab_com")
     await seats(sidecar, (1, 10), (1, 20))
     with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await sidecar.admin.SetUserDefaultNamespace(admin_pb2.SetUserDefaultNamespaceRequest(user_id=1, namespace_id=30))
+        await sidecar.admin.SetUserDefaultNamespace(
+            admin_pb2.SetUserDefaultNamespaceRequest(user_id=1, namespace_id=30)
+        )
     details = error_details(raised.value)
     assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_SEAT_IN_NAMESPACE")
 

@@ -193,7 +193,9 @@ def test_ambiguous_seats_require_a_default_namespace() -> None:
 
 
 def test_stale_default_with_several_seats_is_never_used() -> None:
-    world = World(seats=SHARED_SEATS, defaults={1: 99}, namespace_pins=[(99, "duo_chat", "gpt_5"), (10, "duo_chat", "gpt_5_mini")])
+    world = World(
+        seats=SHARED_SEATS, defaults={1: 99}, namespace_pins=[(99, "duo_chat", "gpt_5"), (10, "duo_chat", "gpt_5_mini")]
+    )
     with pytest.raises(DuoError) as raised:
         resolve(world.snapshot(), 1, "duo_chat", 0)
     assert raised.value.reason == DEFAULT_NAMESPACE_REQUIRED

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 from tests.helpers import REPO
 
 
-def _generator():  # type: ignore[no-untyped-def]
+def _generator() -> ModuleType:
     spec = importlib.util.spec_from_file_location("proto_generate", REPO / "proto" / "generate.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

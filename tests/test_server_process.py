@@ -39,7 +39,9 @@ def test_restart_keeps_every_committed_change_on_gitlab_com(start_sidecar: Start
             )
         )
         admin.UpdateNamespaceModelSelection(
-            admin_pb2.UpdateNamespaceModelSelectionRequest(namespace_id=20, feature="duo_chat", offered_model_ref="gpt_5")
+            admin_pb2.UpdateNamespaceModelSelectionRequest(
+                namespace_id=20, feature="duo_chat", offered_model_ref="gpt_5"
+            )
         )
         admin.SetUserDefaultNamespace(admin_pb2.SetUserDefaultNamespaceRequest(user_id=1, namespace_id=20))
         before = routing.ResolveModel(routing_pb2.ResolveModelRequest(user_id=1, feature="duo_chat"))

@@ -1,0 +1,11 @@
+"""Python client and ``duo-admin`` command-line tool for the GitLab Duo routing sidecar."""
+
+from duo_admin.client import (
+    AdminClient,
+    DuoAdminError,
+    FieldViolation,
+    PreconditionViolation,
+    RoutingClient,
+)
+
+__all__ = ["AdminClient", "DuoAdminError", "FieldViolation", "PreconditionViolation", "RoutingClient"]
