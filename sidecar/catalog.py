@@ -140,9 +140,11 @@ def _read_json(path: Path | None, bundled: str) -> Any:
         raise CatalogError(f"{path or bundled}: {exc}") from exc
 
 
-def load_catalog(definitions_path: Path | None = None, features_path: Path | None = None) -> Catalog:
-    """Reads the catalog files; None means the bundled copy."""
-    return parse_catalog(
-        _read_json(definitions_path, "model_definitions.json"),
-        _read_json(features_path, "features.json"),
-    )
+def bundled_features_metadata() -> Any:
+    """GitLab's per-feature metadata (titles, parents, self-hosted families) that the AI Gateway does not serve."""
+    return _read_json(None, "features.json")
+
+
+def load_catalog(definitions_path: Path | None = None) -> Catalog:
+    """Reads a definitions file (None: the bundled copy) and joins the bundled feature metadata."""
+    return parse_catalog(_read_json(definitions_path, "model_definitions.json"), bundled_features_metadata())

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from sidecar import __version__
-from sidecar.catalog import CatalogError, load_catalog
+from sidecar.catalog import CatalogError
+from sidecar.catalog_refresh import startup_catalog
 from sidecar.config import Config, ConfigError, load_config
 from sidecar.server import StartupError, open_store, serve
 from sidecar.store.sqlite import SchemaTooNewError
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         _setup_logging(config)
         if args.command == "check-config":
-            catalog = load_catalog(Path(config.instance.catalog_path) if config.instance.catalog_path else None)
+            catalog = startup_catalog(config.instance.catalog_path, config.storage.data_dir / "catalog.json")
             print(
                 f"configuration OK ({config.source}): {config.instance.deployment.title}, "
                 f"{config.storage.backend} storage, catalog {catalog.version} with {len(catalog.features)} features"

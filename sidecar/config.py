@@ -41,10 +41,28 @@ class InstanceConfig:
     deployment_type: str = "self_managed"
     ai_gateway_url: str = "https://cloud.gitlab.com/ai"
     catalog_path: str = ""
+    catalog_refresh_seconds: float = 3600.0
+    instance_id: str = ""
+    cloud_connector_token_file: str = ""
 
     @property
     def deployment(self) -> DeploymentType:
         return DeploymentType[self.deployment_type.upper()]
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    """How Complete talks to the AI Gateway and self-hosted endpoints."""
+
+    connect_timeout_seconds: float = 5.0
+    first_token_timeout_seconds: float = 60.0
+    idle_timeout_seconds: float = 30.0
+    max_in_flight_per_endpoint: int = 64
+    retries: int = 1
+    circuit_failure_threshold: int = 5
+    circuit_open_seconds: float = 30.0
+    azure_api_version: str = "2024-10-21"
+    ai_gateway_prompt_version: str = "^1.0.0"
 
 
 @dataclass(frozen=True)
@@ -79,6 +97,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     instance: InstanceConfig = field(default_factory=InstanceConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -89,6 +108,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
     "server": ServerConfig,
     "metrics": MetricsConfig,
     "instance": InstanceConfig,
+    "upstream": UpstreamConfig,
     "storage": StorageConfig,
     "auth": AuthConfig,
     "log": LogConfig,
@@ -143,6 +163,24 @@ def _validate(config: Config, where: Mapping[str, str]) -> None:
     url = urlparse(config.instance.ai_gateway_url)
     if url.scheme not in ("http", "https") or not url.netloc:
         raise ConfigError(f"{at('instance', 'ai_gateway_url')}: expected an http(s) URL")
+    if config.instance.catalog_refresh_seconds < 0:
+        raise ConfigError(f"{at('instance', 'catalog_refresh_seconds')}: must not be negative (0 disables)")
+    token_file = config.instance.cloud_connector_token_file
+    if token_file and not Path(token_file).is_file():
+        raise ConfigError(f"{at('instance', 'cloud_connector_token_file')}: file {token_file} does not exist")
+    for key in (
+        "connect_timeout_seconds",
+        "first_token_timeout_seconds",
+        "idle_timeout_seconds",
+        "circuit_open_seconds",
+    ):
+        if getattr(config.upstream, key) <= 0:
+            raise ConfigError(f"{at('upstream', key)}: must be positive")
+    for key in ("max_in_flight_per_endpoint", "circuit_failure_threshold"):
+        if getattr(config.upstream, key) < 1:
+            raise ConfigError(f"{at('upstream', key)}: must be at least 1")
+    if not 0 <= config.upstream.retries <= 5:
+        raise ConfigError(f"{at('upstream', 'retries')}: must be between 0 and 5")
     if config.storage.backend not in ("sqlite", "postgres"):
         raise ConfigError(f"{at('storage', 'backend')}: must be sqlite or postgres, got {config.storage.backend!r}")
     if config.storage.backend == "sqlite" and not config.storage.path:

@@ -100,17 +100,37 @@ class SeatSyncResult:
 
 
 class ControlPlane:
-    def __init__(self, store: Store, cipher: TokenCipher, snapshot: Snapshot) -> None:
+    def __init__(
+        self, store: Store, cipher: TokenCipher, snapshot: Snapshot, api_tokens: dict[str, EncryptedToken]
+    ) -> None:
         self.store = store
         self.cipher = cipher
         self.snapshot = snapshot
+        # Encrypted in memory too; decrypted only for the upstream request that needs it.
+        self._api_tokens = dict(api_tokens)
         self._publish_lock = asyncio.Lock()
 
     @classmethod
     async def load(
         cls, store: Store, cipher: TokenCipher, deployment: DeploymentType, catalog: Catalog
     ) -> ControlPlane:
-        return cls(store, cipher, build_snapshot(deployment, catalog, await store.load_state()))
+        state = await store.load_state()
+        return cls(store, cipher, build_snapshot(deployment, catalog, state), state.api_tokens)
+
+    def api_token(self, model_id: str) -> str | None:
+        encrypted = self._api_tokens.get(model_id)
+        return self.cipher.decrypt(encrypted, model_id.encode()) if encrypted else None
+
+    def _remember_token(self, model_id: str, token: EncryptedToken | KeepToken | None) -> None:
+        if isinstance(token, EncryptedToken):
+            self._api_tokens[model_id] = token
+        elif token is None:
+            self._api_tokens.pop(model_id, None)
+
+    async def replace_catalog(self, catalog: Catalog) -> None:
+        """Swaps in a refreshed catalog; pins it no longer offers route to defaults from now on."""
+        async with self._publish_lock:
+            self.snapshot = self.snapshot.with_catalog(catalog)
 
     @property
     def deployment(self) -> DeploymentType:
@@ -217,7 +237,8 @@ class ControlPlane:
             async with self.store.transaction() as tx:
                 if await tx.find_self_hosted_model_by_name(model.name):
                     raise _name_taken(model.name)
-                await tx.put_self_hosted_model(model, self._encrypt(model_id, fields.api_token or ""))
+                token = self._encrypt(model_id, fields.api_token or "")
+                await tx.put_self_hosted_model(model, token)
                 version = await tx.record_change(
                     actor,
                     "CreateSelfHostedModel",
@@ -226,6 +247,7 @@ class ControlPlane:
                     _audit_json(model.audit_view()),
                 )
             self.snapshot = self.snapshot.with_self_hosted_model(model_id, model).with_version(version)
+            self._remember_token(model_id, token)
         return model, version
 
     async def update_self_hosted_model(
@@ -278,7 +300,8 @@ class ControlPlane:
                     api_token_set=before.api_token_set if merged.api_token is None else bool(merged.api_token),
                     update_time=datetime.now(UTC),
                 )
-                await tx.put_self_hosted_model(updated, self._encrypt(model_id, merged.api_token))
+                token = self._encrypt(model_id, merged.api_token)
+                await tx.put_self_hosted_model(updated, token)
                 version = await tx.record_change(
                     actor,
                     "UpdateSelfHostedModel",
@@ -287,6 +310,7 @@ class ControlPlane:
                     _audit_json(updated.audit_view()),
                 )
             self.snapshot = self.snapshot.with_self_hosted_model(model_id, updated).with_version(version)
+            self._remember_token(model_id, token)
         return updated, version
 
     async def _check_family_still_compatible(self, tx_features: list[str], family: ModelFamily, name: str) -> None:
@@ -321,6 +345,7 @@ class ControlPlane:
                     "",
                 )
             self.snapshot = self.snapshot.with_self_hosted_model(model_id, None).with_version(version)
+            self._remember_token(model_id, None)
         return version
 
     # -- feature settings (Self-Managed) ----------------------------------------------------------

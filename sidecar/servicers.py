@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -14,6 +15,8 @@ from google.protobuf import timestamp_pb2
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc, types_pb2
 from sidecar import __version__, policy
 from sidecar.catalog import CatalogModel, FeatureInfo
+from sidecar.catalog_refresh import CatalogRefresher
+from sidecar.completion import Completer, completion_input
 from sidecar.control import (
     FEATURE_SETTINGS,
     INSTANCE_SELECTIONS,
@@ -25,6 +28,7 @@ from sidecar.domain import AuditEvent, FeatureProvider, ModelFamily, Platform, S
 from sidecar.errors import DuoError, invalid_argument
 from sidecar.grpc_errors import errors_as_status, translate_errors
 from sidecar.paging import decode_token, encode_token, page_size, paginate
+from sidecar.upstream.base import TextDelta
 
 ACTOR_METADATA_KEY = "x-duo-actor"
 MAX_ACTOR_LENGTH = 255
@@ -107,8 +111,9 @@ def _families(info: FeatureInfo) -> list[types_pb2.ModelFamily]:
 
 
 class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
-    def __init__(self, control: ControlPlane) -> None:
+    def __init__(self, control: ControlPlane, completer: Completer) -> None:
         self._control = control
+        self._completer = completer
 
     @translate_errors
     async def ResolveModel(
@@ -121,17 +126,41 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
     async def Complete(
         self, request: routing_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[routing_pb2.CompleteResponse]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "Complete is not available in this version of the sidecar; call ResolveModel and send the request "
-            "to the model yourself",
-        )
-        yield routing_pb2.CompleteResponse()  # pragma: no cover - abort raises
+        async with errors_as_status(context, "Complete"):
+            snapshot = self._control.snapshot
+            resolution = policy.resolve(snapshot, request.user_id, request.feature, request.root_namespace_id)
+            params = request.parameters
+            work = completion_input(
+                request.user_id,
+                [(m.role, m.content) for m in request.messages],
+                params.max_tokens,
+                params.temperature if params.HasField("temperature") else None,
+                list(params.stop_sequences),
+                request.correlation_id,
+            )
+            target = self._completer.target(resolution, snapshot.catalog.features[request.feature], work)
+            yield routing_pb2.CompleteResponse(route=resolution_to_proto(resolution))
+            async with contextlib.aclosing(self._completer.stream(target)) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        yield routing_pb2.CompleteResponse(delta=routing_pb2.TextDelta(text=event.text))
+                    else:
+                        yield routing_pb2.CompleteResponse(
+                            finished=routing_pb2.CompletionFinished(
+                                finish_reason=event.finish_reason,
+                                usage=routing_pb2.TokenUsage(
+                                    input_tokens=event.input_tokens,
+                                    output_tokens=event.output_tokens,
+                                    estimated=event.usage_estimated,
+                                ),
+                            )
+                        )
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, control: ControlPlane, storage_backend: str) -> None:
+    def __init__(self, control: ControlPlane, refresher: CatalogRefresher, storage_backend: str) -> None:
         self._control = control
+        self._refresher = refresher
         self._storage_backend = storage_backend
         self._start_time = time.time()
 
@@ -360,23 +389,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             catalog_version=catalog.version,
         )
 
+    @translate_errors
     async def RefreshCatalog(
         self, request: admin_pb2.RefreshCatalogRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RefreshCatalogResponse:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED,
-            "RefreshCatalog is not available in this version; the sidecar uses its bundled catalog "
-            "(instance.catalog_path overrides it at start)",
+        result = await self._refresher.refresh()
+        return admin_pb2.RefreshCatalogResponse(
+            catalog_version=result.catalog_version, changed=result.changed, unavailable_pins=result.unavailable_pins
         )
-        raise AssertionError("unreachable: abort raises")
 
+    @translate_errors
     async def TestSelfHostedModel(
         self, request: admin_pb2.TestSelfHostedModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.TestSelfHostedModelResponse:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "TestSelfHostedModel is not available in this version of the sidecar"
+        model = self._control.get_self_hosted_model(request.id)
+        result = await self._refresher.completer.test_model(model)
+        return admin_pb2.TestSelfHostedModelResponse(
+            success=result.success,
+            latency_ms=result.latency_ms,
+            http_status=result.http_status,
+            error_message=result.error_message,
+            sample_output=result.sample_output,
         )
-        raise AssertionError("unreachable: abort raises")
 
     # -- seats and defaults ---------------------------------------------------------------------
 

@@ -59,7 +59,12 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
     """await start_server("gitlab_com") starts a sidecar in this event loop on 127.0.0.1."""
     started: list[Sidecar] = []
 
-    async def start(deployment_type: str = "self_managed", data_dir: Path | None = None, **instance: str) -> Sidecar:
+    async def start(
+        deployment_type: str = "self_managed",
+        data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        **instance: str,
+    ) -> Sidecar:
         directory = data_dir or tmp_path / f"data-{len(started)}"
         env = {
             "DUO_SIDECAR_SERVER_LISTEN": "127.0.0.1:0",
@@ -67,6 +72,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
             "DUO_SIDECAR_INSTANCE_DEPLOYMENT_TYPE": deployment_type,
             "DUO_SIDECAR_STORAGE_PATH": str(directory / "sidecar.db"),
             **{f"DUO_SIDECAR_INSTANCE_{key.upper()}": value for key, value in instance.items()},
+            **(env or {}),
         }
         config = load_config(None, env)
         server = SidecarServer(config)

@@ -26,6 +26,7 @@ class StoredState:
     namespace_pins: list[tuple[int, str, str]] = field(default_factory=list)
     seats: list[tuple[int, int]] = field(default_factory=list)
     default_namespaces: dict[int, int] = field(default_factory=dict)
+    api_tokens: dict[str, EncryptedToken] = field(default_factory=dict)
 
 
 class KeepToken:

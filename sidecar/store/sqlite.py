@@ -340,6 +340,11 @@ class SQLiteStore(Store):
                 state.seats = [(int(r[0]), int(r[1])) for r in await cursor.fetchall()]
             async with db.execute("SELECT user_id, namespace_id FROM user_default_namespaces") as cursor:
                 state.default_namespaces = {int(r[0]): int(r[1]) for r in await cursor.fetchall()}
+            async with db.execute(
+                "SELECT id, api_token_key_id, api_token_ciphertext FROM self_hosted_models "
+                "WHERE api_token_ciphertext IS NOT NULL"
+            ) as cursor:
+                state.api_tokens = {str(r[0]): EncryptedToken(str(r[1]), bytes(r[2])) for r in await cursor.fetchall()}
         finally:
             await db.execute("COMMIT")
         return state

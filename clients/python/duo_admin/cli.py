@@ -14,7 +14,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Generic, TextIO, TypeVar
 
-from gitlab.duo.routing.v1 import admin_pb2, types_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -38,6 +37,7 @@ from duo_admin.output import (
     print_table,
     timestamp_label,
 )
+from gitlab.duo.routing.v1 import admin_pb2, types_pb2
 
 ADDRESS_ENV = "DUO_ADMIN_ADDRESS"
 EXIT_RPC_ERROR = 1
@@ -45,6 +45,7 @@ EXIT_BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
 # Lists are read whole; the largest page the server allows keeps round trips few.
 LIST_PAGE_SIZE = 1000
 DEFAULT_AUDIT_LIMIT = 50
+DEFAULT_COMPLETE_TIMEOUT_SECONDS = 300.0  # completions stream for a while; other calls are quick
 
 FAMILIES = enum_choices(types_pb2.ModelFamily.DESCRIPTOR)
 PLATFORMS = enum_choices(types_pb2.Platform.DESCRIPTOR)
@@ -120,7 +121,7 @@ class Clients:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self._address: str = args.address
-        self._timeout: float = args.timeout
+        self._timeout: float = args.timeout or DEFAULT_TIMEOUT_SECONDS
         self._actor: str | None = args.actor
         self._admin: AdminClient | None = None
         self._routing: RoutingClient | None = None
@@ -143,7 +144,8 @@ class Clients:
                 client.close()
 
 
-Handler = Callable[[Clients, argparse.Namespace], Output]
+# A handler returns what to show, or None when it has written its output itself (a stream).
+Handler = Callable[[Clients, argparse.Namespace], Output | None]
 
 
 # -- input helpers ---------------------------------------------------------------------------------
@@ -244,6 +246,49 @@ def _server_info(clients: Clients, args: argparse.Namespace) -> Output:
 
 def _resolve(clients: Clients, args: argparse.Namespace) -> Output:
     return Record(clients.routing.resolve_model(args.user, args.feature, args.namespace))
+
+
+def _complete(clients: Clients, args: argparse.Namespace) -> None:
+    """Streams the answer to stdout as it arrives; the route and usage go to stderr (or JSON lines with --json)."""
+    prompt = args.message if args.message is not None else sys.stdin.read()
+    messages = ([("system", args.system)] if args.system else []) + [("user", prompt)]
+    events = clients.routing.complete(
+        args.user,
+        args.feature,
+        messages,
+        root_namespace_id=args.namespace,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        timeout=args.timeout or DEFAULT_COMPLETE_TIMEOUT_SECONDS,
+    )
+    for event in events:
+        if args.json:
+            print_json(message_to_json(event), sys.stdout, indent=None)
+        elif event.HasField("route"):
+            route = event.route
+            source = enum_label(types_pb2.SelectionSource.DESCRIPTOR, route.source)
+            print(f"model: {route.model_identifier or NONE} ({source})", file=sys.stderr)
+        elif event.HasField("delta"):
+            sys.stdout.write(event.delta.text)
+        else:
+            usage = event.finished.usage
+            estimated = " (estimated)" if usage.estimated else ""
+            sys.stdout.write("\n")
+            print(
+                f"finish_reason: {event.finished.finish_reason}; tokens in {usage.input_tokens}, "
+                f"out {usage.output_tokens}{estimated}",
+                file=sys.stderr,
+            )
+        sys.stdout.flush()
+    return None
+
+
+def _test_model(clients: Clients, args: argparse.Namespace) -> Output:
+    return Record(clients.admin.test_self_hosted_model(args.id))
+
+
+def _refresh_catalog(clients: Clients, args: argparse.Namespace) -> Output:
+    return Record(clients.admin.refresh_catalog())
 
 
 def _model_row(model: admin_pb2.SelfHostedModel) -> list[str]:
@@ -456,8 +501,9 @@ def _add_global_options(parser: argparse.ArgumentParser, with_defaults: bool) ->
         "--timeout",
         metavar="SECONDS",
         type=_positive_float,
-        default=default(DEFAULT_TIMEOUT_SECONDS),
-        help=f"deadline of each call (default: {DEFAULT_TIMEOUT_SECONDS:g})",
+        default=default(None),
+        help=f"deadline of each call (default: {DEFAULT_TIMEOUT_SECONDS:g}; "
+        f"complete: {DEFAULT_COMPLETE_TIMEOUT_SECONDS:g})",
     )
     group.add_argument(
         "--actor",
@@ -534,6 +580,24 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument(
         "--namespace", type=int, default=0, help="root namespace the request is about (default: 0, no context)"
     )
+
+    complete = commands.add(
+        "complete", "stream a completion from the model the request routes to (Complete)", _complete
+    )
+    complete.add_argument("--user", type=int, required=True, help="GitLab user id")
+    complete.add_argument("--feature", required=True, help="feature_setting name, such as duo_chat")
+    complete.add_argument("--namespace", type=int, default=0, help="root namespace the request is about (default: 0)")
+    complete.add_argument("--message", help="the user message (default: read from stdin)")
+    complete.add_argument("--system", help="a system message sent before it")
+    complete.add_argument("--max-tokens", type=_non_negative_int, default=0, help="upper bound on generated tokens")
+    complete.add_argument("--temperature", type=float, help="sampling temperature, 0 to 2")
+
+    test_model = commands.add(
+        "test-model", "send a small real request to a self-hosted model and report the outcome", _test_model
+    )
+    test_model.add_argument("id", help="self-hosted model id")
+
+    commands.add("refresh-catalog", "fetch the model catalog from the AI Gateway now", _refresh_catalog)
 
     models = _Commands(commands.add("models", "self-hosted models (Self-Managed)"), "model commands")
     models.add("list", "list self-hosted models", _models_list)
@@ -648,7 +712,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     clients = Clients(args)
     try:
-        render(args.handler(clients, args), args.json, sys.stdout)
+        output = args.handler(clients, args)
+        if output is not None:
+            render(output, args.json, sys.stdout)
         sys.stdout.flush()
     except UsageError as error:
         args.command_parser.error(str(error))  # prints usage, exits with status 2 like argparse

@@ -19,11 +19,12 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 import grpc
-from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -219,6 +220,40 @@ class RoutingClient(_SidecarClient):
         request = routing_pb2.ResolveModelRequest(user_id=user_id, feature=feature, root_namespace_id=root_namespace_id)
         return self._call(self._stub.ResolveModel, request, routing_pb2.ResolveModelResponse)
 
+    def complete(
+        self,
+        user_id: int,
+        feature: str,
+        messages: Sequence[tuple[str, str]],
+        *,
+        root_namespace_id: int = 0,
+        max_tokens: int = 0,
+        temperature: float | None = None,
+        stop_sequences: Sequence[str] = (),
+        correlation_id: str = "",
+        timeout: float | None = None,
+    ) -> Iterator[routing_pb2.CompleteResponse]:
+        """Streams a completion: the route, then text deltas, then the finished event.
+
+        ``timeout`` bounds the whole stream (default: the client's timeout).
+        """
+        parameters = routing_pb2.GenerationParameters(max_tokens=max_tokens, stop_sequences=list(stop_sequences))
+        if temperature is not None:
+            parameters.temperature = temperature
+        request = routing_pb2.CompleteRequest(
+            user_id=user_id,
+            feature=feature,
+            root_namespace_id=root_namespace_id,
+            messages=[routing_pb2.ChatMessage(role=role, content=content) for role, content in messages],
+            parameters=parameters,
+            correlation_id=correlation_id,
+        )
+        deadline = timeout or self.timeout
+        try:
+            yield from self._stub.Complete(request, timeout=deadline, metadata=self._call_metadata())
+        except grpc.RpcError as error:
+            raise DuoAdminError.from_rpc_error(error, self.address, deadline) from None
+
 
 class AdminClient(_SidecarClient):
     """AdminService: one method per RPC, returning its response message.
@@ -261,6 +296,14 @@ class AdminClient(_SidecarClient):
             self_hosted_model=model, update_mask=field_mask_pb2.FieldMask(paths=list(fields))
         )
         return self._call(self._stub.UpdateSelfHostedModel, request, admin_pb2.UpdateSelfHostedModelResponse)
+
+    def test_self_hosted_model(self, model_id: str) -> admin_pb2.TestSelfHostedModelResponse:
+        request = admin_pb2.TestSelfHostedModelRequest(id=model_id)
+        return self._call(self._stub.TestSelfHostedModel, request, admin_pb2.TestSelfHostedModelResponse)
+
+    def refresh_catalog(self) -> admin_pb2.RefreshCatalogResponse:
+        request = admin_pb2.RefreshCatalogRequest()
+        return self._call(self._stub.RefreshCatalog, request, admin_pb2.RefreshCatalogResponse)
 
     def delete_self_hosted_model(self, model_id: str) -> admin_pb2.DeleteSelfHostedModelResponse:
         request = admin_pb2.DeleteSelfHostedModelRequest(id=model_id)

@@ -116,8 +116,9 @@ def message_to_json(message: Message) -> dict[str, Any]:
     return result
 
 
-def print_json(value: Any, out: TextIO) -> None:
-    print(json.dumps(value, indent=2), file=out)
+def print_json(value: Any, out: TextIO, indent: int | None = 2) -> None:
+    """Pretty JSON; indent=None gives one line (JSON lines for streams)."""
+    print(json.dumps(value, indent=indent), file=out)
 
 
 def print_error(error: DuoAdminError, out: TextIO) -> None:

@@ -1,0 +1,108 @@
+"""Refreshes the model catalog from the AI Gateway, keeping the last good copy on any failure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sidecar.catalog import Catalog, CatalogError, bundled_features_metadata, load_catalog, parse_catalog
+from sidecar.completion import Completer
+from sidecar.control import ControlPlane
+from sidecar.errors import DuoError, ErrorCode
+from sidecar.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+DEFINITIONS_PATH = "/v1/models%2Fdefinitions"
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    catalog_version: str
+    changed: bool
+    unavailable_pins: list[str]
+
+
+def unavailable_pins(snapshot: Snapshot, catalog: Catalog) -> list[str]:
+    """Pins that the catalog no longer offers, as '<scope>:<feature>:<model>'."""
+    found: list[str] = []
+
+    def check(scope: str, feature: str, ref: str) -> None:
+        info = catalog.features.get(feature)
+        if info is None or not info.is_selectable(ref):
+            found.append(f"{scope}:{feature}:{ref}")
+
+    for feature, ref in snapshot.instance_pins.items():
+        check("instance", feature, ref)
+    for namespace_id, pins in snapshot.namespace_pins.items():
+        for feature, ref in pins.items():
+            check(f"namespaces/{namespace_id}", feature, ref)
+    return sorted(found)
+
+
+def startup_catalog(explicit_path: str, cache_path: Path) -> Catalog:
+    """The configured catalog file, else the last good refreshed copy, else the bundled catalog."""
+    if explicit_path:
+        return load_catalog(Path(explicit_path))
+    if cache_path.exists():
+        try:
+            catalog = load_catalog(cache_path)
+            log.info("using the catalog refreshed earlier from the AI Gateway (%s)", cache_path)
+            return catalog
+        except CatalogError as exc:
+            log.warning("ignoring the refreshed catalog copy %s: %s", cache_path, exc)
+    return load_catalog()
+
+
+class CatalogRefresher:
+    def __init__(self, control: ControlPlane, completer: Completer, cache_path: Path) -> None:
+        self.control = control
+        self.completer = completer
+        self.cache_path = cache_path
+
+    async def refresh(self) -> RefreshResult:
+        gateway = self.completer.gateway
+        url = gateway.base_url.rstrip("/") + DEFINITIONS_PATH
+        headers = gateway.headers(user_id=0, unit_primitive="", namespace_ids=[])
+        document = await self.completer.fetch_json(url, headers, "the AI Gateway's model catalog")
+        try:
+            catalog = parse_catalog(document, bundled_features_metadata())
+        except CatalogError as exc:
+            raise DuoError(
+                ErrorCode.UNAVAILABLE,
+                "CATALOG_REFRESH_FAILED",
+                f"the AI Gateway's model catalog is malformed ({exc}); the current catalog stays in use",
+            ) from None
+        if not catalog.features:
+            raise DuoError(
+                ErrorCode.UNAVAILABLE,
+                "CATALOG_REFRESH_FAILED",
+                "the AI Gateway's model catalog lists no features; the current catalog stays in use",
+            )
+        previous = self.control.snapshot.catalog
+        changed = catalog.version != previous.version
+        if changed:
+            self._save(document)
+            await self.control.replace_catalog(catalog)
+            log.info("model catalog refreshed: %s -> %s", previous.version, catalog.version)
+        return RefreshResult(catalog.version, changed, unavailable_pins(self.control.snapshot, catalog))
+
+    def _save(self, document: object) -> None:
+        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.cache_path.with_suffix(".tmp")
+        partial.write_text(json.dumps(document, indent=1))
+        os.replace(partial, self.cache_path)
+
+    async def run_periodically(self, interval_seconds: float) -> None:
+        while True:
+            await asyncio.sleep(interval_seconds)
+            try:
+                await self.refresh()
+            except DuoError as error:
+                log.warning(
+                    "catalog refresh failed, keeping catalog %s: %s", self.control.snapshot.catalog.version, error
+                )

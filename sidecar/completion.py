@@ -1,0 +1,400 @@
+"""Complete: sends a routed request to its upstream and streams the answer back, with deadlines,
+retries before the first token, a circuit breaker and an in-flight cap per endpoint.
+
+No silent fallback: a request routed to a model either reaches that model or fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from sidecar.catalog import FeatureInfo
+from sidecar.config import UpstreamConfig
+from sidecar.control import ControlPlane
+from sidecar.domain import Platform, Provider, SelfHostedModel
+from sidecar.errors import DuoError, ErrorCode, failed_precondition, invalid_argument
+from sidecar.policy import Resolution
+from sidecar.upstream import targets
+from sidecar.upstream.base import (
+    ChatMessage,
+    CompletionParams,
+    Event,
+    TextDelta,
+    UpstreamRequest,
+    error_for_status,
+    openai_sse_events,
+    raw_text_events,
+    retryable_status,
+    upstream_error,
+)
+from sidecar.upstream.resilience import BreakerState, CircuitBreaker, InFlightLimit
+
+log = logging.getLogger(__name__)
+
+_ERROR_BODY_BYTES = 4096
+_RETRY_BACKOFF_SECONDS = 0.1
+TEST_PROMPT = "Reply with the single word OK."
+
+
+@dataclass(frozen=True)
+class CompletionInput:
+    user_id: int
+    messages: tuple[ChatMessage, ...]
+    params: CompletionParams
+    correlation_id: str
+
+
+@dataclass(frozen=True)
+class ModelTestResult:
+    success: bool
+    latency_ms: float
+    http_status: int
+    error_message: str
+    sample_output: str
+
+
+MAX_MESSAGES = 100
+MAX_CONTENT_CHARACTERS = 400_000  # what the AI Gateway accepts
+MAX_OUTPUT_TOKENS = 1_000_000
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_SEQUENCE_CHARACTERS = 256
+MAX_CORRELATION_ID_LENGTH = 128
+ROLES = ("system", "user", "assistant")
+
+
+def completion_input(
+    user_id: int,
+    messages: Sequence[tuple[str, str]],
+    max_tokens: int,
+    temperature: float | None,
+    stop: Sequence[str],
+    correlation_id: str,
+) -> CompletionInput:
+    """Checks a Complete request's bounds; violations name the field."""
+    if not messages:
+        raise invalid_argument("messages", "messages must hold at least one message")
+    if len(messages) > MAX_MESSAGES:
+        raise invalid_argument("messages", f"at most {MAX_MESSAGES} messages, got {len(messages)}")
+    for i, (role, content) in enumerate(messages):
+        if role not in ROLES:
+            raise invalid_argument(f"messages[{i}].role", f"role must be one of {', '.join(ROLES)}, got {role[:40]!r}")
+        if len(content) > MAX_CONTENT_CHARACTERS:
+            raise invalid_argument(
+                f"messages[{i}].content", f"content must be at most {MAX_CONTENT_CHARACTERS} characters"
+            )
+    if not 0 <= max_tokens <= MAX_OUTPUT_TOKENS:
+        raise invalid_argument("parameters.max_tokens", f"max_tokens must be between 0 and {MAX_OUTPUT_TOKENS}")
+    if temperature is not None and not 0.0 <= temperature <= 2.0:
+        raise invalid_argument("parameters.temperature", "temperature must be between 0 and 2")
+    if len(stop) > MAX_STOP_SEQUENCES or any(not s or len(s) > MAX_STOP_SEQUENCE_CHARACTERS for s in stop):
+        raise invalid_argument(
+            "parameters.stop_sequences",
+            f"at most {MAX_STOP_SEQUENCES} non-empty stop sequences, each at most "
+            f"{MAX_STOP_SEQUENCE_CHARACTERS} characters",
+        )
+    if len(correlation_id) > MAX_CORRELATION_ID_LENGTH or not correlation_id.isprintable():
+        raise invalid_argument(
+            "correlation_id", f"correlation_id must be printable, at most {MAX_CORRELATION_ID_LENGTH} characters"
+        )
+    return CompletionInput(
+        user_id=user_id,
+        messages=tuple(ChatMessage(role, content) for role, content in messages),
+        params=CompletionParams(max_tokens, temperature, tuple(stop)),
+        correlation_id=correlation_id or uuid.uuid4().hex,
+    )
+
+
+class _Retryable(Exception):
+    def __init__(self, error: DuoError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class Completer:
+    def __init__(self, config: UpstreamConfig, gateway: targets.GatewaySettings, control: ControlPlane) -> None:
+        self.config = config
+        self.gateway = gateway
+        self.control = control
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.limits: dict[str, InFlightLimit] = {}
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+    def _session(self, endpoint_key: str) -> aiohttp.ClientSession:
+        session = self._sessions.get(endpoint_key)
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=self.config.connect_timeout_seconds,
+                    sock_connect=self.config.connect_timeout_seconds,
+                ),
+                connector=aiohttp.TCPConnector(limit=self.config.max_in_flight_per_endpoint, ttl_dns_cache=60),
+                trust_env=True,
+            )
+            self._sessions[endpoint_key] = session
+        return session
+
+    # -- targets ----------------------------------------------------------------------------------
+
+    def target(self, resolution: Resolution, info: FeatureInfo, request: CompletionInput) -> UpstreamRequest:
+        """The upstream request for a resolved route."""
+        if resolution.provider is Provider.SELF_HOSTED and resolution.self_hosted_model is not None:
+            return self._self_hosted(
+                resolution.self_hosted_model, request.messages, request.params, request.correlation_id
+            )
+        if resolution.provider is Provider.GITLAB_AI_GATEWAY:
+            return targets.ai_gateway(
+                gateway=self.gateway,
+                feature=resolution.effective_feature,
+                unit_primitive=info.unit_primitives[0] if info.unit_primitives else info.name,
+                model_identifier=resolution.model_identifier,
+                gitlab_default=resolution.gitlab_default,
+                user_id=request.user_id,
+                namespace_ids=[resolution.governing_namespace_id] if resolution.governing_namespace_id else [],
+                messages=request.messages,
+                params=request.params,
+                correlation_id=request.correlation_id,
+            )
+        raise failed_precondition(
+            "FEATURE_DISABLED",
+            f"the {info.title} feature is disabled by the instance admin; nothing was sent to any model",
+            subject=f"featureSettings/{resolution.effective_feature}",
+            metadata={"feature": info.name},
+        )
+
+    def _self_hosted(
+        self, model: SelfHostedModel, messages: Sequence[ChatMessage], params: CompletionParams, correlation_id: str
+    ) -> UpstreamRequest:
+        token = self.control.api_token(model.id)
+        if model.platform is Platform.AZURE_OPENAI:
+            return targets.azure_openai(
+                model_name=model.name,
+                endpoint=model.endpoint,
+                identifier=model.identifier,
+                api_token=token,
+                api_version=self.config.azure_api_version,
+                messages=messages,
+                params=params,
+                correlation_id=correlation_id,
+            )
+        if model.platform is Platform.OPENAI_COMPATIBLE:
+            return targets.openai_compatible(
+                model_name=model.name,
+                endpoint=model.endpoint,
+                identifier=model.identifier,
+                api_token=token,
+                messages=messages,
+                params=params,
+                correlation_id=correlation_id,
+            )
+        raise failed_precondition(
+            "PLATFORM_NOT_SUPPORTED",
+            f"self-hosted model '{model.name}' is served by {model.platform.name.lower()}, which this sidecar "
+            "cannot call yet",
+            subject=f"selfHostedModels/{model.id}",
+        )
+
+    # -- the exchange ------------------------------------------------------------------------------
+
+    def _breaker(self, key: str) -> CircuitBreaker:
+        breaker = self.breakers.get(key)
+        if breaker is None:
+            breaker = CircuitBreaker(self.config.circuit_failure_threshold, self.config.circuit_open_seconds)
+            self.breakers[key] = breaker
+        return breaker
+
+    def _limit(self, key: str) -> InFlightLimit:
+        limit = self.limits.get(key)
+        if limit is None:
+            limit = InFlightLimit(self.config.max_in_flight_per_endpoint)
+            self.limits[key] = limit
+        return limit
+
+    async def stream(self, target: UpstreamRequest) -> AsyncGenerator[Event]:
+        """Events from the upstream, guarded by the endpoint's in-flight cap and circuit breaker."""
+        limit = self._limit(target.endpoint_key)
+        if not limit.try_acquire():
+            raise upstream_error(
+                ErrorCode.RESOURCE_EXHAUSTED,
+                "UPSTREAM_CONCURRENCY_LIMIT",
+                target,
+                f"{self.config.max_in_flight_per_endpoint} requests to {target.description} are already in flight; "
+                "retry later",
+            )
+        breaker = self._breaker(target.endpoint_key)
+        try:
+            if not breaker.allow():
+                error = upstream_error(
+                    ErrorCode.UNAVAILABLE,
+                    "CIRCUIT_OPEN",
+                    target,
+                    f"{target.description} failed repeatedly; requests fail fast for another "
+                    f"{breaker.retry_after_seconds():.0f} s",
+                )
+                raise error
+            async for event in self._exchange(target, self.config.retries, breaker):
+                yield event
+        finally:
+            breaker.release_trial()
+            limit.release()
+
+    async def _exchange(
+        self, target: UpstreamRequest, retries: int, breaker: CircuitBreaker | None
+    ) -> AsyncGenerator[Event]:
+        attempt = 0
+        while True:
+            try:
+                response = await self._open(target)
+                break
+            except _Retryable as retryable:
+                if breaker is not None:
+                    breaker.record_failure()
+                closed = breaker is None or breaker.state is BreakerState.CLOSED
+                if attempt >= retries or not closed:
+                    raise retryable.error from None
+                attempt += 1
+                log.info("retrying %s after: %s", target.description, retryable.error.message)
+                await asyncio.sleep(_RETRY_BACKOFF_SECONDS * attempt)
+        try:
+            events = (
+                openai_sse_events(target, response)
+                if target.protocol == "openai_sse"
+                else raw_text_events(target, response)
+            )
+            async with contextlib.aclosing(events):
+                timeout = self.config.first_token_timeout_seconds
+                while True:
+                    try:
+                        async with asyncio.timeout(timeout):
+                            event = await anext(events)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        waited = "the first token" if timeout == self.config.first_token_timeout_seconds else "more"
+                        raise upstream_error(
+                            ErrorCode.UNAVAILABLE,
+                            "UPSTREAM_TIMEOUT",
+                            target,
+                            f"{target.description} sent nothing for {timeout:g} s while we waited for {waited}",
+                        ) from None
+                    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                        raise upstream_error(
+                            ErrorCode.UNAVAILABLE,
+                            "UPSTREAM_STREAM_BROKEN",
+                            target,
+                            f"{target.description} broke off the stream: {type(exc).__name__}",
+                        ) from None
+                    timeout = self.config.idle_timeout_seconds
+                    yield event
+        except DuoError as error:
+            response.close()
+            if breaker is not None and error.code is ErrorCode.UNAVAILABLE:
+                breaker.record_failure()
+            raise
+        except BaseException:
+            response.close()  # a cancelled caller closes the upstream connection at once
+            raise
+        response.release()
+        if breaker is not None:
+            breaker.record_success()
+
+    async def _open(self, target: UpstreamRequest) -> aiohttp.ClientResponse:
+        session = self._session(target.endpoint_key)
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_seconds + self.config.first_token_timeout_seconds):
+                response = await session.post(target.url, json=target.body, headers=target.headers)
+        except TimeoutError:
+            raise _Retryable(
+                upstream_error(
+                    ErrorCode.UNAVAILABLE, "UPSTREAM_TIMEOUT", target, f"{target.description} did not answer in time"
+                )
+            ) from None
+        except aiohttp.InvalidURL:
+            raise failed_precondition(
+                "UPSTREAM_MISCONFIGURED",
+                f"{target.description} has an invalid endpoint URL",
+                subject=target.endpoint_key,
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise _Retryable(
+                upstream_error(
+                    ErrorCode.UNAVAILABLE,
+                    "UPSTREAM_UNAVAILABLE",
+                    target,
+                    f"cannot reach {target.description} at {target.endpoint_key}: {_describe(exc)}",
+                )
+            ) from None
+        if response.status < 400:
+            return response
+        try:
+            async with asyncio.timeout(self.config.idle_timeout_seconds):
+                body = (await response.content.read(_ERROR_BODY_BYTES)).decode("utf-8", errors="replace")
+        except (TimeoutError, aiohttp.ClientError):
+            body = ""
+        finally:
+            response.close()
+        error = error_for_status(target, response.status, body)
+        if retryable_status(response.status):
+            raise _Retryable(error)
+        raise error
+
+    # -- admin helpers -----------------------------------------------------------------------------
+
+    async def test_model(self, model: SelfHostedModel) -> ModelTestResult:
+        """A real round trip to a self-hosted model, bypassing the breaker so an admin always gets an answer."""
+        target = self._self_hosted(
+            model, (ChatMessage("user", TEST_PROMPT),), CompletionParams(max_tokens=16), f"test-{uuid.uuid4().hex}"
+        )
+        start = time.perf_counter()
+        produced: list[str] = []
+        try:
+            async for event in self._exchange(target, retries=0, breaker=None):
+                if isinstance(event, TextDelta):
+                    produced.append(event.text)
+        except DuoError as error:
+            return ModelTestResult(
+                False,
+                (time.perf_counter() - start) * 1000,
+                int(error.metadata.get("http_status", "0")),
+                error.message,
+                "",
+            )
+        return ModelTestResult(True, (time.perf_counter() - start) * 1000, 200, "", "".join(produced)[:200])
+
+    async def fetch_json(self, url: str, headers: dict[str, str], description: str) -> Any:
+        """GETs a JSON document (the AI Gateway's model catalog)."""
+        probe = UpstreamRequest(url, description, url, headers, {}, "json", self.gateway.cloud_connector_token)
+        session = self._session(targets.origin(url))
+        try:
+            async with asyncio.timeout(self.config.connect_timeout_seconds + self.config.first_token_timeout_seconds):
+                async with session.get(url, headers=headers) as response:
+                    if response.status >= 400:
+                        raise error_for_status(probe, response.status, await response.text(errors="replace"))
+                    return await response.json(content_type=None)
+        except TimeoutError:
+            raise upstream_error(
+                ErrorCode.UNAVAILABLE, "UPSTREAM_TIMEOUT", probe, f"{description} did not answer"
+            ) from None
+        except (aiohttp.ClientError, ValueError) as exc:
+            raise upstream_error(
+                ErrorCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", probe, f"{description} failed: {_describe(exc)}"
+            ) from None
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]

@@ -1,0 +1,1 @@
+"""Upstream adapters for Complete: OpenAI-compatible, Azure OpenAI and the GitLab AI Gateway."""

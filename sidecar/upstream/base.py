@@ -1,0 +1,208 @@
+"""What every upstream adapter shares: the request and event types, HTTP error mapping, SSE reading."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from sidecar.errors import DuoError, ErrorCode
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionParams:
+    max_tokens: int = 0
+    temperature: float | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+    usage_estimated: bool
+
+
+Event = TextDelta | Finished
+
+
+@dataclass(frozen=True)
+class UpstreamRequest:
+    """One HTTP request to an upstream, and how to read its answer."""
+
+    endpoint_key: str  # circuit breaker and in-flight limit are per endpoint
+    description: str  # names the upstream in errors, never holds secrets
+    url: str
+    headers: Mapping[str, str]
+    body: Mapping[str, Any]
+    protocol: str  # "openai_sse" or "raw_text"
+    secret: str = field(default="", repr=False)  # scrubbed from any upstream text we repeat
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count (4 characters a token) for upstreams that report no usage."""
+    return (len(text) + 3) // 4
+
+
+def upstream_error(
+    code: ErrorCode, reason: str, request: UpstreamRequest, message: str, http_status: int = 0
+) -> DuoError:
+    metadata = {"upstream": request.description, "endpoint": request.endpoint_key}
+    if http_status:
+        metadata["http_status"] = str(http_status)
+    return DuoError(code, reason, message, metadata=metadata)
+
+
+def _excerpt(text: str, request: UpstreamRequest) -> str:
+    text = " ".join(text.split())[:300]
+    return text.replace(request.secret, "[redacted]") if request.secret else text
+
+
+def error_for_status(request: UpstreamRequest, status: int, body: str) -> DuoError:
+    """Maps an upstream HTTP error to the status a caller can act on."""
+    said = _excerpt(body, request)
+    detail = f"{request.description} answered HTTP {status}" + (f": {said}" if said else "")
+    if status in (401, 403):
+        return upstream_error(
+            ErrorCode.FAILED_PRECONDITION,
+            "UPSTREAM_CREDENTIALS_REJECTED",
+            request,
+            f"{detail}. Its credentials were refused; an admin must fix the API token or cloud connector token",
+            status,
+        )
+    if status == 429:
+        return upstream_error(
+            ErrorCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED", request, f"{detail}. Retry later", status
+        )
+    if status == 404:
+        return upstream_error(
+            ErrorCode.FAILED_PRECONDITION,
+            "UPSTREAM_NOT_FOUND",
+            request,
+            f"{detail}. Check the model's endpoint and identifier",
+            status,
+        )
+    if status in (400, 413, 422):
+        return upstream_error(
+            ErrorCode.INVALID_ARGUMENT,
+            "UPSTREAM_REJECTED_REQUEST",
+            request,
+            f"{detail}. The request was refused",
+            status,
+        )
+    return upstream_error(ErrorCode.UNAVAILABLE, "UPSTREAM_ERROR", request, detail, status)
+
+
+def retryable_status(status: int) -> bool:
+    return status in (500, 502, 503, 504)
+
+
+def malformed(request: UpstreamRequest, what: str) -> DuoError:
+    return upstream_error(
+        ErrorCode.UNAVAILABLE,
+        "UPSTREAM_PROTOCOL_ERROR",
+        request,
+        f"{request.description} sent a malformed stream: {what}",
+    )
+
+
+async def openai_sse_events(request: UpstreamRequest, response: aiohttp.ClientResponse) -> AsyncGenerator[Event]:
+    """Reads an OpenAI chat-completions SSE stream (vLLM, Azure OpenAI) into events, as chunks arrive."""
+    finish_reason = ""
+    input_tokens = output_tokens = 0
+    usage_reported = False
+    produced: list[str] = []
+    async for raw in response.content:
+        line = raw.decode("utf-8", errors="replace").strip()
+        if not line or line.startswith(":"):
+            continue
+        if not line.startswith("data:"):
+            if line.startswith(("event:", "id:", "retry:")):
+                continue
+            raise malformed(request, f"unexpected line {line[:80]!r}")
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError:
+            raise malformed(request, f"invalid JSON {data[:80]!r}") from None
+        if not isinstance(chunk, dict):
+            raise malformed(request, "a chunk is not a JSON object")
+        if "error" in chunk:
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise upstream_error(
+                ErrorCode.UNAVAILABLE,
+                "UPSTREAM_ERROR",
+                request,
+                f"{request.description} reported an error mid-stream: {_excerpt(str(message), request)}",
+            )
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            input_tokens = int(usage.get("prompt_tokens") or 0)
+            output_tokens = int(usage.get("completion_tokens") or 0)
+            usage_reported = True
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise malformed(request, "'choices' is not a list")
+        for choice in choices[:1]:
+            delta = choice.get("delta") or {}
+            text = delta.get("content") if isinstance(delta, dict) else None
+            if text:
+                produced.append(text)
+                yield TextDelta(text)
+            if choice.get("finish_reason"):
+                finish_reason = str(choice["finish_reason"])
+    else:
+        if not finish_reason:
+            raise upstream_error(
+                ErrorCode.UNAVAILABLE,
+                "UPSTREAM_STREAM_BROKEN",
+                request,
+                f"{request.description} closed the stream before the completion finished",
+            )
+    if not finish_reason:
+        finish_reason = "stop"
+    if not usage_reported:
+        prompt = "".join(str(m.get("content", "")) for m in request.body.get("messages", []))
+        input_tokens, output_tokens = estimate_tokens(prompt), estimate_tokens("".join(produced))
+    yield Finished(finish_reason, input_tokens, output_tokens, usage_estimated=not usage_reported)
+
+
+async def raw_text_events(request: UpstreamRequest, response: aiohttp.ClientResponse) -> AsyncGenerator[Event]:
+    """Reads the AI Gateway's prompt stream: raw UTF-8 text chunks, no usage."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    produced: list[str] = []
+    try:
+        async for chunk in response.content.iter_any():
+            text = decoder.decode(chunk)
+            if text:
+                produced.append(text)
+                yield TextDelta(text)
+        tail = decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise malformed(request, "the text is not UTF-8") from None
+    if tail:
+        produced.append(tail)
+        yield TextDelta(tail)
+    inputs = request.body.get("inputs", {})
+    prompt = "".join(str(m.get("content", "")) for m in inputs.get("messages", []))
+    yield Finished("stop", estimate_tokens(prompt), estimate_tokens("".join(produced)), usage_estimated=True)

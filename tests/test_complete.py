@@ -1,0 +1,476 @@
+"""Complete against real HTTP upstreams on 127.0.0.1: OpenAI-compatible (vLLM), Azure OpenAI and the AI Gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from gitlab.duo.routing.v1 import admin_pb2, routing_pb2, types_pb2
+from tests.conftest import Sidecar, StartServer
+from tests.helpers import REPO, ErrorDetails, duo_admin_path, error_details
+from tests.upstreams import MockUpstream, serve_upstream
+
+pytestmark = pytest.mark.asyncio
+
+TOKEN = "sk-live-0123456789abcdef"
+MESSAGES = [
+    routing_pb2.ChatMessage(role="system", content="You are a helpful assistant."),
+    routing_pb2.ChatMessage(role="user", content="Say hello"),
+]
+
+
+def complete_request(feature: str = "duo_chat", user: int = 1, namespace: int = 0, **kwargs: Any) -> Any:
+    return routing_pb2.CompleteRequest(
+        user_id=user, feature=feature, root_namespace_id=namespace, messages=MESSAGES, **kwargs
+    )
+
+
+async def self_hosted(
+    sidecar: Sidecar,
+    upstream: MockUpstream,
+    platform: types_pb2.Platform = types_pb2.PLATFORM_OPENAI_COMPATIBLE,
+    feature: str = "duo_chat",
+) -> admin_pb2.SelfHostedModel:
+    azure = platform == types_pb2.PLATFORM_AZURE_OPENAI
+    reply = await sidecar.admin.CreateSelfHostedModel(
+        admin_pb2.CreateSelfHostedModelRequest(
+            self_hosted_model=admin_pb2.SelfHostedModel(
+                name=f"model on {upstream.port}",
+                family=types_pb2.MODEL_FAMILY_MISTRAL,
+                platform=platform,
+                endpoint=upstream.url if azure else f"{upstream.url}/v1",
+                identifier="azure/mistral-deployment" if azure else "custom_openai/mistral-7b-instruct",
+                api_token=TOKEN,
+            )
+        )
+    )
+    model: admin_pb2.SelfHostedModel = reply.self_hosted_model
+    await sidecar.admin.UpdateFeatureSetting(
+        admin_pb2.UpdateFeatureSettingRequest(
+            feature=feature, provider=admin_pb2.FEATURE_PROVIDER_SELF_HOSTED, self_hosted_model_id=model.id
+        )
+    )
+    return model
+
+
+async def collect(call: Any) -> list[Any]:
+    return [event async for event in call]
+
+
+async def failure(call: Any) -> tuple[ErrorDetails, list[Any]]:
+    events: list[Any] = []
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for event in call:
+            events.append(event)
+    details = error_details(raised.value)
+    assert details.code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+    return details, events
+
+
+async def read_all(call: Any) -> list[Any]:
+    """The rest of a stream read with read(); gRPC forbids mixing read() with async iteration."""
+    events = []
+    while (event := await call.read()) != grpc.aio.EOF:
+        events.append(event)
+    return events
+
+
+async def still_serving(sidecar: Sidecar) -> None:
+    answer = await sidecar.routing.ResolveModel(routing_pb2.ResolveModelRequest(user_id=1, feature="code_completions"))
+    assert answer.model_identifier
+
+
+@pytest_asyncio.fixture
+async def upstream() -> AsyncIterator[MockUpstream]:
+    async with serve_upstream() as server:
+        yield server
+
+
+FAST = {
+    "DUO_SIDECAR_UPSTREAM_FIRST_TOKEN_TIMEOUT_SECONDS": "1",
+    "DUO_SIDECAR_UPSTREAM_IDLE_TIMEOUT_SECONDS": "1",
+    "DUO_SIDECAR_UPSTREAM_CONNECT_TIMEOUT_SECONDS": "1",
+}
+
+
+async def test_openai_compatible_stream_in_order_with_usage(
+    start_server: StartServer, upstream: MockUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sidecar = await start_server("self_managed")
+    model = await self_hosted(sidecar, upstream)
+    events = await collect(
+        sidecar.routing.Complete(
+            complete_request(
+                "duo_chat_explain_code",
+                parameters=routing_pb2.GenerationParameters(max_tokens=64, temperature=0.2, stop_sequences=["\n\n"]),
+                correlation_id="req-42",
+            )
+        )
+    )
+    route = events[0].route
+    assert route.provider == types_pb2.PROVIDER_SELF_HOSTED and route.self_hosted_model_id == model.id
+    assert [e.delta.text for e in events[1:-1]] == ["Hello", ", ", "world", "!"]
+    finished = events[-1].finished
+    assert finished.finish_reason == "stop"
+    assert (finished.usage.input_tokens, finished.usage.output_tokens, finished.usage.estimated) == (11, 4, False)
+
+    seen = upstream.requests[-1]
+    assert seen.path == "/v1/chat/completions"
+    assert seen.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert seen.headers["X-Request-ID"] == "req-42"
+    assert seen.body["model"] == "mistral-7b-instruct"
+    assert seen.body["messages"] == [{"role": m.role, "content": m.content} for m in MESSAGES]
+    assert seen.body["stream"] is True
+    assert (seen.body["max_tokens"], seen.body["stop"]) == (64, ["\n\n"])
+    assert seen.body["temperature"] == pytest.approx(0.2)
+    # The token reaches the upstream and nothing else.
+    assert TOKEN not in str(events)
+    assert TOKEN not in caplog.text
+    audit = await sidecar.admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest())
+    assert TOKEN not in str(audit)
+
+
+async def test_deltas_arrive_unbuffered(start_server: StartServer, upstream: MockUpstream) -> None:
+    upstream.gate = asyncio.Event()
+    sidecar = await start_server("self_managed")
+    await self_hosted(sidecar, upstream)
+    call = sidecar.routing.Complete(complete_request())
+    assert (await call.read()).HasField("route")
+    first = await asyncio.wait_for(call.read(), timeout=5)
+    # The upstream is holding the rest of the answer: the first delta was forwarded on its own.
+    assert first.delta.text == "Hello"
+    upstream.gate.set()
+    rest = await read_all(call)
+    assert [e.delta.text for e in rest[:-1]] == [", ", "world", "!"]
+
+
+async def test_azure_openai(start_server: StartServer, upstream: MockUpstream) -> None:
+    upstream.usage = None
+    sidecar = await start_server("self_managed", env={"DUO_SIDECAR_UPSTREAM_AZURE_API_VERSION": "2024-10-21"})
+    await self_hosted(sidecar, upstream, platform=types_pb2.PLATFORM_AZURE_OPENAI)
+    events = await collect(sidecar.routing.Complete(complete_request()))
+    assert "".join(e.delta.text for e in events[1:-1]) == "Hello, world!"
+    assert events[-1].finished.usage.estimated is True  # no usage chunk: estimated
+    seen = upstream.requests[-1]
+    assert seen.path == "/openai/deployments/mistral-deployment/chat/completions"
+    assert seen.query == {"api-version": "2024-10-21"}
+    assert seen.headers["api-key"] == TOKEN
+    assert "Authorization" not in seen.headers
+    assert "model" not in seen.body
+
+
+async def gateway_sidecar(start_server: StartServer, upstream: MockUpstream, tmp_path: Path, **env: str) -> Sidecar:
+    token_file = tmp_path / "cloud-connector.token"
+    token_file.write_text("cc-token-xyz\n")
+    return await start_server(
+        "gitlab_com",
+        env={
+            "DUO_SIDECAR_INSTANCE_AI_GATEWAY_URL": upstream.url,
+            "DUO_SIDECAR_INSTANCE_CLOUD_CONNECTOR_TOKEN_FILE": str(token_file),
+            "DUO_SIDECAR_INSTANCE_INSTANCE_ID": "instance-uuid-1",
+            **env,
+        },
+    )
+
+
+async def test_ai_gateway_gets_gitlabs_headers_and_model_metadata(
+    start_server: StartServer, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    sidecar = await gateway_sidecar(start_server, upstream, tmp_path)
+    await sidecar.admin.UpdateNamespaceModelSelection(
+        admin_pb2.UpdateNamespaceModelSelectionRequest(namespace_id=10, feature="duo_chat", offered_model_ref="gpt_5")
+    )
+    events = await collect(sidecar.routing.Complete(complete_request("duo_chat", user=7, namespace=10)))
+    assert events[0].route.model_identifier == "gpt_5"
+    assert "".join(e.delta.text for e in events[1:-1]) == "Hello, world!"
+    assert events[-1].finished.usage.estimated is True
+    seen = upstream.requests[-1]
+    assert seen.path == "/v1/prompts/duo_chat"
+    headers = seen.headers
+    assert headers["Authorization"] == "Bearer cc-token-xyz"
+    assert headers["X-Gitlab-Authentication-Type"] == "oidc"
+    assert headers["X-Gitlab-Instance-Id"] == "instance-uuid-1"
+    assert headers["X-Gitlab-Realm"] == "saas"
+    assert headers["X-Gitlab-Feature-Enabled-By-Namespace-Ids"] == "10"
+    assert headers["X-Gitlab-Unit-Primitive"] == "duo_chat"
+    assert len(headers["X-Gitlab-Global-User-Id"]) == 64 and headers["X-Gitlab-Global-User-Id"] != "7"
+    assert seen.body["model_metadata"] == {"provider": "gitlab", "feature_setting": "duo_chat", "identifier": "gpt_5"}
+    assert seen.body["inputs"]["messages"][1] == {"role": "user", "content": "Say hello"}
+    assert seen.body["stream"] is True
+
+    # The GitLab default is named by an empty identifier, as Rails does.
+    await collect(sidecar.routing.Complete(complete_request("code_completions", user=7, namespace=10)))
+    assert upstream.requests[-1].body["model_metadata"] == {
+        "provider": "gitlab",
+        "feature_setting": "code_completions",
+        "identifier": "",
+    }
+    assert upstream.requests[-1].headers["X-Gitlab-Unit-Primitive"] == "code_suggestions"
+
+
+async def test_disabled_feature_and_routing_errors_fail_before_any_upstream_request(
+    start_server: StartServer, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    sidecar = await start_server("self_managed")
+    await sidecar.admin.UpdateFeatureSetting(
+        admin_pb2.UpdateFeatureSettingRequest(feature="duo_chat", provider=admin_pb2.FEATURE_PROVIDER_DISABLED)
+    )
+    details, events = await failure(sidecar.routing.Complete(complete_request()))
+    assert (details.code, details.reason, events) == (grpc.StatusCode.FAILED_PRECONDITION, "FEATURE_DISABLED", [])
+
+    com = await gateway_sidecar(start_server, upstream, tmp_path)
+
+    async def seats() -> AsyncIterator[admin_pb2.SyncSeatAssignmentsRequest]:
+        yield admin_pb2.SyncSeatAssignmentsRequest(
+            assignments=[admin_pb2.SeatAssignment(user_id=1, namespace_id=n, assigned=True) for n in (10, 20)]
+        )
+
+    await com.admin.SyncSeatAssignments(seats())
+    await com.admin.UpdateNamespaceModelSelection(
+        admin_pb2.UpdateNamespaceModelSelectionRequest(namespace_id=10, feature="duo_chat", offered_model_ref="gpt_5")
+    )
+    details, events = await failure(com.routing.Complete(complete_request()))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DEFAULT_NAMESPACE_REQUIRED")
+    assert details.metadata["candidate_namespace_ids"] == "10,20"
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    ("configure", "code", "reason"),
+    [
+        ({"behavior": "hang"}, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_TIMEOUT"),
+        ({"behavior": "garbage"}, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_PROTOCOL_ERROR"),
+        ({"behavior": "status", "status": 401}, grpc.StatusCode.FAILED_PRECONDITION, "UPSTREAM_CREDENTIALS_REJECTED"),
+        ({"behavior": "status", "status": 429}, grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_RATE_LIMITED"),
+        ({"behavior": "status", "status": 500}, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_ERROR"),
+    ],
+    ids=["hangs-before-first-token", "garbage", "401", "429", "500"],
+)  # fmt: skip
+async def test_upstream_faults(
+    start_server: StartServer, upstream: MockUpstream, configure: dict[str, Any], code: grpc.StatusCode, reason: str
+) -> None:
+    for name, value in configure.items():
+        setattr(upstream, name, value)
+    sidecar = await start_server("self_managed", env=FAST)
+    model = await self_hosted(sidecar, upstream)
+    details, events = await failure(sidecar.routing.Complete(complete_request()))
+    assert (details.code, details.reason) == (code, reason)
+    assert events[0].HasField("route") and len(events) == 1
+    assert details.metadata["upstream"] == f"self-hosted model '{model.name}'"
+    if reason == "UPSTREAM_CREDENTIALS_REJECTED":
+        assert model.name in details.message
+    assert TOKEN not in details.message
+    await still_serving(sidecar)
+
+
+async def test_upstream_dies_mid_stream(start_server: StartServer, upstream: MockUpstream) -> None:
+    upstream.behavior = "die_mid_stream"
+    sidecar = await start_server("self_managed", env=FAST)
+    await self_hosted(sidecar, upstream)
+    details, events = await failure(sidecar.routing.Complete(complete_request()))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_STREAM_BROKEN")
+    assert [e.delta.text for e in events[1:]] == ["Hello", ", "]  # what arrived was forwarded, no retry after it
+    assert len(upstream.requests) == 1
+    await still_serving(sidecar)
+
+
+async def test_upstream_down_is_unavailable(start_server: StartServer, tmp_path: Path) -> None:
+    async with serve_upstream() as gone:
+        pass  # the port is closed now
+    sidecar = await start_server("self_managed", env=FAST)
+    await self_hosted(sidecar, gone)
+    details, _ = await failure(sidecar.routing.Complete(complete_request()))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
+    assert f"127.0.0.1:{gone.port}" in details.message
+    await still_serving(sidecar)
+
+
+async def test_retries_only_before_the_first_token(start_server: StartServer, upstream: MockUpstream) -> None:
+    upstream.behavior = "fail_then_ok"
+    upstream.failures_before_ok = 1
+    sidecar = await start_server("self_managed", env=FAST)
+    await self_hosted(sidecar, upstream)
+    events = await collect(sidecar.routing.Complete(complete_request()))
+    assert "".join(e.delta.text for e in events[1:-1]) == "Hello, world!"
+    assert len(upstream.requests) == 2
+
+
+async def test_client_cancel_closes_the_upstream_request(start_server: StartServer, upstream: MockUpstream) -> None:
+    upstream.gate = asyncio.Event()  # the upstream keeps the stream open after the first chunk
+    sidecar = await start_server("self_managed")
+    await self_hosted(sidecar, upstream)
+    call = sidecar.routing.Complete(complete_request())
+    await call.read()
+    assert (await call.read()).delta.text == "Hello"
+    call.cancel()
+    await asyncio.wait_for(upstream.disconnected.wait(), timeout=5)
+    assert upstream.disconnects == 1
+    await still_serving(sidecar)
+
+
+async def test_deadline_shorter_than_the_upstream(start_server: StartServer, upstream: MockUpstream) -> None:
+    upstream.behavior = "hang"
+    sidecar = await start_server("self_managed")
+    await self_hosted(sidecar, upstream)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await collect(sidecar.routing.Complete(complete_request(), timeout=0.5))
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await asyncio.wait_for(upstream.disconnected.wait(), timeout=5)
+    await still_serving(sidecar)
+
+
+async def test_circuit_opens_after_repeated_failures(start_server: StartServer, upstream: MockUpstream) -> None:
+    upstream.behavior, upstream.status = "status", 500
+    env = {**FAST, "DUO_SIDECAR_UPSTREAM_CIRCUIT_FAILURE_THRESHOLD": "2", "DUO_SIDECAR_UPSTREAM_RETRIES": "0"}
+    sidecar = await start_server("self_managed", env=env)
+    await self_hosted(sidecar, upstream)
+    for _ in range(2):
+        details, _ = await failure(sidecar.routing.Complete(complete_request()))
+        assert details.reason == "UPSTREAM_ERROR"
+    details, _ = await failure(sidecar.routing.Complete(complete_request()))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "CIRCUIT_OPEN")
+    assert len(upstream.requests) == 2  # failed fast, the upstream was spared
+
+
+async def test_in_flight_requests_are_bounded(start_server: StartServer, upstream: MockUpstream) -> None:
+    upstream.gate = asyncio.Event()
+    sidecar = await start_server("self_managed", env={"DUO_SIDECAR_UPSTREAM_MAX_IN_FLIGHT_PER_ENDPOINT": "1"})
+    await self_hosted(sidecar, upstream)
+    first = sidecar.routing.Complete(complete_request())
+    await first.read()
+    await first.read()
+    details, _ = await failure(sidecar.routing.Complete(complete_request()))
+    assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_CONCURRENCY_LIMIT")
+    upstream.gate.set()
+    assert (await read_all(first))[-1].HasField("finished")
+    events = await collect(sidecar.routing.Complete(complete_request()))  # the slot is free again
+    assert events[-1].HasField("finished")
+
+
+@pytest.mark.parametrize(
+    ("messages", "field"),
+    [
+        ([], "messages"),
+        ([routing_pb2.ChatMessage(role="user", content="x")] * 101, "messages"),
+        ([routing_pb2.ChatMessage(role="tool", content="x")], "messages[0].role"),
+        ([routing_pb2.ChatMessage(role="user", content="x" * 400_001)], "messages[0].content"),
+    ],
+    ids=["none", "too-many", "bad-role", "too-long"],
+)
+async def test_bad_messages(start_server: StartServer, messages: list[Any], field: str) -> None:
+    sidecar = await start_server("dedicated")
+    request = routing_pb2.CompleteRequest(user_id=1, feature="duo_chat", messages=messages)
+    details, events = await failure(sidecar.routing.Complete(request))
+    assert (details.code, details.field_violations, events) == (grpc.StatusCode.INVALID_ARGUMENT, [field], [])
+
+
+async def test_test_self_hosted_model_reports_the_round_trip(start_server: StartServer, upstream: MockUpstream) -> None:
+    sidecar = await start_server("self_managed")
+    model = await self_hosted(sidecar, upstream)
+    ok = await sidecar.admin.TestSelfHostedModel(admin_pb2.TestSelfHostedModelRequest(id=model.id))
+    assert (ok.success, ok.http_status, ok.sample_output) == (True, 200, "Hello, world!")
+    assert ok.latency_ms > 0
+    assert upstream.requests[-1].headers["Authorization"] == f"Bearer {TOKEN}"
+    upstream.behavior, upstream.status, upstream.error_body = "status", 401, '{"error": "invalid api key"}'
+    refused = await sidecar.admin.TestSelfHostedModel(admin_pb2.TestSelfHostedModelRequest(id=model.id))
+    assert (refused.success, refused.http_status) == (False, 401)
+    assert "invalid api key" in refused.error_message
+
+
+async def test_refresh_catalog_keeps_the_last_good_copy(
+    start_server: StartServer, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    definitions = json.loads((REPO / "sidecar" / "data" / "model_definitions.json").read_text())
+    for feature in definitions["unit_primitives"]:
+        feature["selectable_models"] = [m for m in feature["selectable_models"] if m != "gpt_5"]
+    upstream.catalog = definitions
+    data = tmp_path / "data"
+    sidecar = await gateway_sidecar(start_server, upstream, tmp_path, DUO_SIDECAR_STORAGE_PATH=str(data / "s.db"))
+    await sidecar.admin.UpdateNamespaceModelSelection(
+        admin_pb2.UpdateNamespaceModelSelectionRequest(namespace_id=10, feature="duo_chat", offered_model_ref="gpt_5")
+    )
+    before = await sidecar.admin.GetServerInfo(admin_pb2.GetServerInfoRequest())
+    refreshed = await sidecar.admin.RefreshCatalog(admin_pb2.RefreshCatalogRequest())
+    assert refreshed.changed and refreshed.catalog_version != before.catalog_version
+    assert list(refreshed.unavailable_pins) == ["namespaces/10:duo_chat:gpt_5"]
+    assert upstream.requests[-1].raw_path == "/v1/models%2Fdefinitions"
+    assert upstream.requests[-1].headers["Authorization"] == "Bearer cc-token-xyz"
+    answer = await sidecar.routing.ResolveModel(
+        routing_pb2.ResolveModelRequest(user_id=1, feature="duo_chat", root_namespace_id=10)
+    )
+    assert answer.pinned_model_unavailable and answer.model_identifier == "claude_sonnet_4_20250514_vertex"
+
+    upstream.catalog_status = 500
+    details = error_details(await _rpc_error(sidecar.admin.RefreshCatalog(admin_pb2.RefreshCatalogRequest())))
+    assert details.code == grpc.StatusCode.UNAVAILABLE
+    info = await sidecar.admin.GetServerInfo(admin_pb2.GetServerInfoRequest())
+    assert info.catalog_version == refreshed.catalog_version  # the last good copy stays
+
+    upstream.catalog_status, upstream.catalog = 200, {"models": "not a list"}
+    details = error_details(await _rpc_error(sidecar.admin.RefreshCatalog(admin_pb2.RefreshCatalogRequest())))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "CATALOG_REFRESH_FAILED")
+
+    await sidecar.server.stop()
+    restarted = await gateway_sidecar(start_server, upstream, tmp_path, DUO_SIDECAR_STORAGE_PATH=str(data / "s.db"))
+    info = await restarted.admin.GetServerInfo(admin_pb2.GetServerInfoRequest())
+    assert info.catalog_version == refreshed.catalog_version  # the refreshed copy survives a restart
+
+
+async def _rpc_error(call: Any) -> grpc.aio.AioRpcError:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error
+    raise AssertionError("the call succeeded")
+
+
+async def run_duo_admin(sidecar: Sidecar, *args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        duo_admin_path(),
+        "--address",
+        f"127.0.0.1:{sidecar.server.port}",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def test_duo_admin_complete_and_test_model(start_server: StartServer, upstream: MockUpstream) -> None:
+    sidecar = await start_server("self_managed")
+    model = await self_hosted(sidecar, upstream)
+    code, out, err = await run_duo_admin(
+        sidecar, "complete", "--user", "1", "--feature", "duo_chat", "--message", "Say hello", "--max-tokens", "20"
+    )
+    assert code == 0, err
+    assert out == "Hello, world!\n"
+    assert "model: custom_openai/mistral-7b-instruct (feature_setting)" in err
+    assert "finish_reason: stop; tokens in 11, out 4" in err
+
+    code, out, err = await run_duo_admin(
+        sidecar, "--json", "complete", "--user", "1", "--feature", "duo_chat", "--message", "x"
+    )
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and "route" in lines[0] and "finished" in lines[-1]
+
+    code, out, err = await run_duo_admin(sidecar, "test-model", model.id)
+    assert code == 0, err
+    assert "success:       true" in out and "sample_output: Hello, world!" in out
+    assert TOKEN not in out + err
+
+    upstream.behavior, upstream.status = "status", 401
+    code, out, err = await run_duo_admin(sidecar, "complete", "--user", "1", "--feature", "duo_chat", "--message", "x")
+    assert code == 1
+    assert "error: FAILED_PRECONDITION" in err and "reason: UPSTREAM_CREDENTIALS_REJECTED" in err
+    assert "Traceback" not in err
