@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 
-.PHONY: run test lint typecheck pytest proto bench install clean
+.PHONY: run test lint typecheck pytest proto bench install clean image-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,31 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest -q
 
-test: lint typecheck pytest
+test: ruby-deps lint typecheck pytest
 
-proto: install
+proto: install ruby-deps
 	$(BIN)/python proto/generate.py
 
+# Debian's Ruby gRPC stack for clients/ruby (code generation and its tests), installed only when missing:
+# CI machines start fresh. Needs root (or sudo).
+RUBY_DEBS := ruby ruby-grpc ruby-grpc-tools ruby-google-protobuf ruby-googleapis-common-protos-types
+.PHONY: ruby-deps
+ruby-deps:
+	@if command -v grpc_tools_ruby_protoc >/dev/null 2>&1 && ruby -e 'require "grpc"; \
+	    require "google/rpc/error_details_pb"; require "minitest"' >/dev/null 2>&1; then :; else \
+	  echo "installing $(RUBY_DEBS)"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(RUBY_DEBS)'; \
+	fi
+
+# BENCH_ARGS=--large preloads 1M seats and 100k namespace pins; --strict exits 1 when a target is missed.
 bench: install
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Builds the Dockerfile on a local debootstrap base with buildah and checks the running image (needs root;
+# see image/README.md). CI runs it after `make test`.
+image-test: install
+	image/test.sh
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -24,3 +24,12 @@ def test_committed_python_code_matches_a_fresh_generation(tmp_path: Path) -> Non
     assert [p.name for p in fresh] == [p.name for p in committed], "run `make proto` and commit the result"
     for new, old in zip(fresh, committed, strict=True):
         assert new.read_bytes() == old.read_bytes(), f"{old.relative_to(REPO)} is stale: run `make proto`"
+
+
+def test_committed_ruby_code_matches_a_fresh_generation(tmp_path: Path) -> None:
+    fresh = _generator().generate_ruby(tmp_path)
+    committed_dir = REPO / "clients" / "ruby" / "lib" / "gitlab" / "duo" / "routing" / "v1"
+    committed = sorted(p for p in committed_dir.iterdir() if p.is_file())
+    assert [p.name for p in fresh] == [p.name for p in committed], "run `make proto` and commit the result"
+    for new, old in zip(fresh, committed, strict=True):
+        assert new.read_bytes() == old.read_bytes(), f"{old.relative_to(REPO)} is stale: run `make proto`"
