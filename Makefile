@@ -30,7 +30,7 @@ typecheck: install
 pytest: install
 	$(BIN)/pytest -q
 
-test: ruby-deps lint typecheck pytest
+test: ruby-deps promtool-deps lint typecheck pytest
 
 proto: install ruby-deps
 	$(BIN)/python proto/generate.py
@@ -45,6 +45,16 @@ ruby-deps:
 	  echo "installing $(RUBY_DEBS)"; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(RUBY_DEBS)'; \
+	fi
+
+# promtool (Debian's prometheus package) checks a real /metrics scrape and docs/alerts.rules.yml in the tests;
+# installed only when missing. Needs root (or sudo).
+.PHONY: promtool-deps
+promtool-deps:
+	@if command -v promtool >/dev/null 2>&1; then :; else \
+	  echo "installing prometheus (for promtool)"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus'; \
 	fi
 
 # BENCH_ARGS=--large preloads 1M seats and 100k namespace pins; --strict exits 1 when a target is missed.

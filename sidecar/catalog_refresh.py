@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,7 @@ class CatalogRefresher:
         self.control = control
         self.completer = completer
         self.cache_path = cache_path
+        self.refreshed_at = time.time()  # the catalog was loaded at start; later, when last fetched successfully
 
     async def refresh(self) -> RefreshResult:
         gateway = self.completer.gateway
@@ -83,6 +85,7 @@ class CatalogRefresher:
                 "CATALOG_REFRESH_FAILED",
                 "the AI Gateway's model catalog lists no features; the current catalog stays in use",
             )
+        self.refreshed_at = time.time()
         previous = self.control.snapshot.catalog
         changed = catalog.version != previous.version
         if changed:

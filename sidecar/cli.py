@@ -1,27 +1,26 @@
-"""duo-sidecar: serve, check-config, migrate."""
+"""duo-sidecar: serve, check-config, migrate, healthcheck, backup, restore."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import getpass
 import sys
 from pathlib import Path
 
-from sidecar import __version__
+from sidecar import __version__, backup, healthcheck
 from sidecar.catalog import CatalogError
 from sidecar.catalog_refresh import startup_catalog
 from sidecar.config import Config, ConfigError, load_config
+from sidecar.key_rotation import rotate_key
+from sidecar.logs import setup_logging
 from sidecar.server import StartupError, open_store, serve
-from sidecar.store.sqlite import SchemaTooNewError
+from sidecar.store.sqlite import DatabaseLockedError, SchemaTooNewError
+from sidecar.tokens import TokenKeyError
 
 
 def _setup_logging(config: Config) -> None:
-    logging.basicConfig(
-        level=config.log.level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(config.log)  # JSON lines on stderr by default (log.format), see sidecar/logs.py
 
 
 async def _migrate(config: Config) -> int:
@@ -35,6 +34,23 @@ async def _migrate(config: Config) -> int:
     return 0
 
 
+async def _rotate_key(config: Config) -> int:
+    store = open_store(config)
+    await store.open()
+    try:
+        result = await rotate_key(
+            store, config.storage.token_key_path, actor=f"duo-sidecar rotate-key ({getpass.getuser()})"
+        )
+    finally:
+        await store.close()
+    print(
+        f"re-encrypted {result.tokens} API tokens under key {result.new_key_id} (config version "
+        f"{result.config_version}); key {', '.join(result.old_key_ids)} is no longer needed and was removed from "
+        f"{config.storage.token_key_path}"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="duo-sidecar", description="GitLab Duo routing sidecar")
     parser.add_argument("--version", action="version", version=f"duo-sidecar {__version__}")
@@ -43,10 +59,16 @@ def main(argv: list[str] | None = None) -> int:
         ("serve", "run the gRPC server"),
         ("check-config", "validate the configuration and the model catalog, then exit"),
         ("migrate", "apply pending database migrations, then exit"),
+        ("rotate-key", "re-encrypt every stored API token under a new key and drop the old key (safe while serving)"),
     ):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", type=Path, help="TOML file (default: built-in defaults)")
+    # Operations commands handle their own configuration errors and exit codes.
+    healthcheck.add_command(commands)
+    backup.add_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in ("healthcheck", "backup", "restore"):
+        return int(args.run(args))
 
     try:
         config = load_config(args.config)
@@ -60,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "migrate":
             return asyncio.run(_migrate(config))
+        if args.command == "rotate-key":
+            return asyncio.run(_rotate_key(config))
         asyncio.run(serve(config))
         return 0
-    except (ConfigError, CatalogError, StartupError, SchemaTooNewError) as exc:
+    except (ConfigError, CatalogError, StartupError, SchemaTooNewError, DatabaseLockedError, TokenKeyError) as exc:
         print(f"duo-sidecar: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,6 +21,7 @@ from sidecar.catalog import FeatureInfo
 from sidecar.config import UpstreamConfig
 from sidecar.control import ControlPlane
 from sidecar.domain import Platform, Provider, SelfHostedModel
+from sidecar.endpoints import EndpointPolicy, GuardedResolver
 from sidecar.errors import DuoError, ErrorCode, failed_precondition, invalid_argument
 from sidecar.policy import Resolution
 from sidecar.upstream import targets
@@ -133,6 +134,12 @@ class Completer:
             await session.close()
         self._sessions.clear()
 
+    def _policy_for(self, endpoint_key: str) -> EndpointPolicy:
+        """The allow-list is for self-hosted endpoints; the AI Gateway is the operator's own configuration."""
+        if endpoint_key == targets.origin(self.gateway.base_url):
+            return EndpointPolicy()
+        return self.control.endpoints
+
     def _session(self, endpoint_key: str) -> aiohttp.ClientSession:
         session = self._sessions.get(endpoint_key)
         if session is None or session.closed:
@@ -142,7 +149,11 @@ class Completer:
                     connect=self.config.connect_timeout_seconds,
                     sock_connect=self.config.connect_timeout_seconds,
                 ),
-                connector=aiohttp.TCPConnector(limit=self.config.max_in_flight_per_endpoint, ttl_dns_cache=60),
+                connector=aiohttp.TCPConnector(
+                    limit=self.config.max_in_flight_per_endpoint,
+                    ttl_dns_cache=60,
+                    resolver=GuardedResolver(self._policy_for(endpoint_key)),
+                ),
                 trust_env=True,
             )
             self._sessions[endpoint_key] = session

@@ -16,9 +16,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 from sidecar.domain import DeploymentType
+from sidecar.endpoints import parse_cidrs
 
 ENV_PREFIX = "DUO_SIDECAR_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
 
 
 class ConfigError(ValueError):
@@ -29,6 +31,10 @@ class ConfigError(ValueError):
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
     grace_period_seconds: float = 10.0
+    max_receive_message_bytes: int = 16 * 1024 * 1024
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # set: mutual TLS, clients must present a certificate signed by this CA
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class UpstreamConfig:
     circuit_failure_threshold: int = 5
     circuit_open_seconds: float = 30.0
     azure_api_version: str = "2024-10-21"
+    allowed_cidrs: str = ""  # comma-separated; empty: any address but link-local and cloud metadata
     ai_gateway_prompt_version: str = "^1.0.0"
 
 
@@ -71,6 +78,7 @@ class StorageConfig:
     path: str = "var/sidecar.db"
     dsn: str = ""
     token_key_file: str = ""
+    probe_interval_seconds: float = 5.0  # health turns NOT_SERVING when a probe of the store fails
 
     @property
     def data_dir(self) -> Path:
@@ -81,15 +89,30 @@ class StorageConfig:
         return Path(self.token_key_file) if self.token_key_file else self.data_dir / "token.key"
 
 
+MIN_SECRET_LENGTH = 16
+
+
 @dataclass(frozen=True)
 class AuthConfig:
     client_secret_file: str = ""
     admin_secret_file: str = ""
+    # Environment only in practice (DUO_SIDECAR_AUTH_CLIENT_SECRET): never put secrets on a command line.
+    client_secret: str = field(default="", repr=False)
+    admin_secret: str = field(default="", repr=False)
+    transitioning: bool = False
+    reflection: str = "admin"  # "admin": reflection needs the admin secret; "open": anyone may list services
+
+    def read_secret(self, role: str) -> str:
+        """The secret from its file (preferred) or its environment value; empty when not configured."""
+        path = getattr(self, f"{role}_secret_file")
+        return Path(path).read_text().strip() if path else getattr(self, f"{role}_secret")
 
 
 @dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
+    format: str = "json"  # "json": one JSON object per line on stderr; "text": for people
+    log_prompts: bool = False  # debugging only: logs prompt and completion text at DEBUG
 
 
 @dataclass(frozen=True)
@@ -179,6 +202,10 @@ def _validate(config: Config, where: Mapping[str, str]) -> None:
     for key in ("max_in_flight_per_endpoint", "circuit_failure_threshold"):
         if getattr(config.upstream, key) < 1:
             raise ConfigError(f"{at('upstream', key)}: must be at least 1")
+    try:
+        parse_cidrs(config.upstream.allowed_cidrs)
+    except ValueError as exc:
+        raise ConfigError(f"{at('upstream', 'allowed_cidrs')}: {exc}") from None
     if not 0 <= config.upstream.retries <= 5:
         raise ConfigError(f"{at('upstream', 'retries')}: must be between 0 and 5")
     if config.storage.backend not in ("sqlite", "postgres"):
@@ -191,10 +218,42 @@ def _validate(config: Config, where: Mapping[str, str]) -> None:
         )
     if config.log.level not in LOG_LEVELS:
         raise ConfigError(f"{at('log', 'level')}: must be one of {', '.join(LOG_LEVELS)}")
+    if config.log.format not in LOG_FORMATS:
+        raise ConfigError(f"{at('log', 'format')}: must be one of {', '.join(LOG_FORMATS)}")
+    if config.storage.probe_interval_seconds <= 0:
+        raise ConfigError(f"{at('storage', 'probe_interval_seconds')}: must be positive")
     for key in ("client_secret_file", "admin_secret_file"):
         path = getattr(config.auth, key)
         if path and not Path(path).is_file():
             raise ConfigError(f"{at('auth', key)}: file {path} does not exist")
+    for role in ("client", "admin"):
+        if getattr(config.auth, f"{role}_secret_file") and getattr(config.auth, f"{role}_secret"):
+            raise ConfigError(
+                f"{at('auth', role + '_secret')}: set either {role}_secret_file or {role}_secret, not both"
+            )
+        secret = config.auth.read_secret(role)
+        if secret and len(secret) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"{at('auth', role + '_secret_file')}: the {role} secret is shorter than {MIN_SECRET_LENGTH} "
+                "characters (generate one with `openssl rand -hex 32`)"
+            )
+    if config.auth.read_secret("client") and not config.auth.read_secret("admin"):
+        raise ConfigError(
+            f"{at('auth', 'admin_secret_file')}: a client secret without an admin secret would lock admins out; "
+            "configure both"
+        )
+    if config.auth.reflection not in ("admin", "open"):
+        raise ConfigError(f"{at('auth', 'reflection')}: must be admin or open")
+    if bool(config.server.tls_cert_file) != bool(config.server.tls_key_file):
+        raise ConfigError(f"{at('server', 'tls_cert_file')}: TLS needs both tls_cert_file and tls_key_file")
+    if config.server.tls_client_ca_file and not config.server.tls_cert_file:
+        raise ConfigError(f"{at('server', 'tls_client_ca_file')}: mutual TLS needs tls_cert_file and tls_key_file")
+    for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        path = getattr(config.server, key)
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{at('server', key)}: file {path} does not exist")
+    if config.server.max_receive_message_bytes < 64 * 1024:
+        raise ConfigError(f"{at('server', 'max_receive_message_bytes')}: must be at least 65536")
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

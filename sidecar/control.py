@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -24,13 +25,15 @@ from sidecar.domain import (
     SeatChange,
     SelfHostedModel,
 )
+from sidecar.endpoints import EndpointPolicy
 from sidecar.errors import DuoError, ErrorCode, failed_precondition, invalid_argument, not_found
 from sidecar.policy import feature_info
 from sidecar.snapshot import Snapshot
 from sidecar.store.base import KEEP_TOKEN, KeepToken, Store, StoredState
-from sidecar.tokens import EncryptedToken, TokenCipher
+from sidecar.tokens import EncryptedToken, Keyring
 
 MAX_NAME_LENGTH = 255
+MAX_ID_LENGTH = 64
 MAX_ENDPOINT_LENGTH = 2048
 MAX_API_TOKEN_LENGTH = 8192
 MAX_SEAT_CHANGES_PER_BATCH = 10_000
@@ -101,25 +104,41 @@ class SeatSyncResult:
 
 class ControlPlane:
     def __init__(
-        self, store: Store, cipher: TokenCipher, snapshot: Snapshot, api_tokens: dict[str, EncryptedToken]
+        self,
+        store: Store,
+        keyring: Keyring,
+        snapshot: Snapshot,
+        api_tokens: dict[str, EncryptedToken],
+        endpoints: EndpointPolicy,
     ) -> None:
         self.store = store
-        self.cipher = cipher
+        self.endpoints = endpoints
+        self.keyring = keyring
         self.snapshot = snapshot
         # Encrypted in memory too; decrypted only for the upstream request that needs it.
         self._api_tokens = dict(api_tokens)
         self._publish_lock = asyncio.Lock()
 
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @snapshot.setter
+    def snapshot(self, snapshot: Snapshot) -> None:
+        """Publishes a snapshot; `published_at` (Unix time) feeds duo_routing_snapshot_published_timestamp_seconds."""
+        self._snapshot = snapshot
+        self.published_at = time.time()
+
     @classmethod
     async def load(
-        cls, store: Store, cipher: TokenCipher, deployment: DeploymentType, catalog: Catalog
+        cls, store: Store, keyring: Keyring, deployment: DeploymentType, catalog: Catalog, endpoints: EndpointPolicy
     ) -> ControlPlane:
         state = await store.load_state()
-        return cls(store, cipher, build_snapshot(deployment, catalog, state), state.api_tokens)
+        return cls(store, keyring, build_snapshot(deployment, catalog, state), state.api_tokens, endpoints)
 
     def api_token(self, model_id: str) -> str | None:
         encrypted = self._api_tokens.get(model_id)
-        return self.cipher.decrypt(encrypted, model_id.encode()) if encrypted else None
+        return self.keyring.decrypt(encrypted, model_id.encode()) if encrypted else None
 
     def _remember_token(self, model_id: str, token: EncryptedToken | KeepToken | None) -> None:
         if isinstance(token, EncryptedToken):
@@ -156,7 +175,7 @@ class ControlPlane:
             allowed = ", ".join(info.selectable_models)
             raise invalid_argument(
                 "offered_model_ref",
-                f"'{ref}' is not a selectable model for {info.name} ({info.title}); choose one of: {allowed}, "
+                f"{ref[:100]!r} is not a selectable model for {info.name} ({info.title}); choose one of: {allowed}, "
                 "or leave it empty for the GitLab default",
                 reason="MODEL_NOT_SELECTABLE",
             )
@@ -164,8 +183,8 @@ class ControlPlane:
     # -- self-hosted models ------------------------------------------------------------------------
 
     def get_self_hosted_model(self, model_id: str) -> SelfHostedModel:
-        if not model_id:
-            raise invalid_argument("id", "id is required")
+        if not model_id or len(model_id) > MAX_ID_LENGTH:
+            raise invalid_argument("id", f"id is required, at most {MAX_ID_LENGTH} characters")
         model = self.snapshot.self_hosted_models.get(model_id)
         if model is None:
             raise not_found("self_hosted_model", model_id, f"no self-hosted model with id '{model_id}'")
@@ -215,11 +234,12 @@ class ControlPlane:
     def _encrypt(self, model_id: str, token: str | None) -> EncryptedToken | KeepToken | None:
         if token is None:
             return KEEP_TOKEN
-        return self.cipher.encrypt(token, model_id.encode()) if token else None
+        return self.keyring.encrypt(token, model_id.encode()) if token else None
 
     async def create_self_hosted_model(self, actor: str, fields: SelfHostedModelInput) -> tuple[SelfHostedModel, int]:
         self.require_deployment(SELF_HOSTED_MODELS)
         fields = self._validate_model(fields, "self_hosted_model.")
+        await self.endpoints.check(fields.endpoint, "self_hosted_model.endpoint")
         now = datetime.now(UTC)
         model_id = uuid.uuid4().hex[:12]
         model = SelfHostedModel(
@@ -276,6 +296,8 @@ class ControlPlane:
             api_token=(fields.api_token or "") if "api_token" in paths else None,
         )
         merged = self._validate_model(merged, "self_hosted_model.")
+        if merged.endpoint != current.endpoint:
+            await self.endpoints.check(merged.endpoint, "self_hosted_model.endpoint")
         async with self._publish_lock:
             async with self.store.transaction() as tx:
                 before = await tx.get_self_hosted_model(model_id)

@@ -7,14 +7,17 @@ import functools
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from sidecar.errors import ERROR_DOMAIN, DuoError, ErrorCode
+from sidecar.logs import note_error_reason
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +75,13 @@ async def errors_as_status(context: grpc.aio.ServicerContext, rpc: str) -> Async
     try:
         yield
     except DuoError as error:
+        note_error_reason(error.reason)  # for the RPC's access log line
         await context.abort_with_status(status_for(error))
     except sqlite3.Error as exc:
         log.exception("storage error in %s", rpc)
-        await context.abort_with_status(status_for(_storage_unavailable(exc)))
+        unavailable = _storage_unavailable(exc)
+        note_error_reason(unavailable.reason)
+        await context.abort_with_status(status_for(unavailable))
 
 
 def translate_errors(
@@ -90,3 +96,90 @@ def translate_errors(
         raise AssertionError("unreachable: abort raises")
 
     return wrapper
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request that is not a valid protobuf message of the method's type."""
+
+    problem: str
+
+
+def _undecodable_error(problem: str) -> DuoError:
+    return DuoError(
+        ErrorCode.INVALID_ARGUMENT,
+        "MALFORMED_REQUEST",
+        f"the request is not a valid protobuf message for this method: {problem}",
+    )
+
+
+def _guard(handler: Any) -> Any:
+    """The same method handler, answering INVALID_ARGUMENT (not gRPC's UNKNOWN) to undecodable requests."""
+    deserialize = handler.request_deserializer
+
+    def safe_deserialize(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as exc:
+            return _Undecodable(str(exc)[:200])
+
+    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    if handler.unary_unary:
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Undecodable):
+                await context.abort_with_status(status_for(_undecodable_error(request.problem)))
+            return await behavior(request, context)
+
+        return handler._replace(request_deserializer=safe_deserialize, unary_unary=unary)
+    if handler.unary_stream:
+
+        async def server_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if isinstance(request, _Undecodable):
+                await context.abort_with_status(status_for(_undecodable_error(request.problem)))
+            async for response in behavior(request, context):
+                yield response
+
+        return handler._replace(request_deserializer=safe_deserialize, unary_stream=server_stream)
+
+    async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for request in requests:
+            if isinstance(request, _Undecodable):
+                raise _undecodable_error(request.problem)
+            yield request
+
+    if handler.stream_unary:
+
+        async def client_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            return await behavior(checked(requests), context)
+
+        return handler._replace(request_deserializer=safe_deserialize, stream_unary=client_stream)
+
+    async def bidi(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for response in behavior(checked(requests), context):
+            yield response
+
+    return handler._replace(request_deserializer=safe_deserialize, stream_stream=bidi)
+
+
+class _Registration:
+    """Stands in for the server while generated code registers a servicer, so the handlers can be guarded."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # rebuilt from the registered handlers below
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.service, self.handlers = service, handlers
+
+
+def add_guarded_servicer(server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: Any) -> None:
+    """Registers a servicer like the generated add_*_to_server, with every handler guarded by _guard."""
+    registration = _Registration()
+    add_to_server(servicer, registration)
+    guarded = {name: _guard(handler) for name, handler in registration.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(registration.service, guarded),))
+    server.add_registered_method_handlers(registration.service, guarded)

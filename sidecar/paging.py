@@ -18,6 +18,7 @@ T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+MAX_TOKEN_LENGTH = 1024
 
 
 def page_size(requested: int) -> int:
@@ -35,6 +36,8 @@ def decode_token(token: str, scope: str) -> Any:
     """The last key of the previous page (lists become tuples), or None for the first page."""
     if not token:
         return None
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise invalid_argument("page_token", "page_token is not one this server issued; pass next_page_token unchanged")
     try:
         payload = json.loads(base64.urlsafe_b64decode(token.encode()))
         if not isinstance(payload, dict) or "k" not in payload:

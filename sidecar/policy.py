@@ -68,7 +68,7 @@ def feature_info(snapshot: Snapshot, feature: str) -> FeatureInfo:
     if info is None:
         raise invalid_argument(
             "feature",
-            f"unknown feature '{feature}'; ListSelectableModels lists the features this sidecar knows",
+            f"unknown feature {feature[:64]!r}; ListSelectableModels lists the features this sidecar knows",
             reason="UNKNOWN_FEATURE",
         )
     return info

@@ -9,18 +9,24 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
+from sidecar.auth import AuthInterceptor, Secrets
 from sidecar.catalog_refresh import CatalogRefresher, startup_catalog
 from sidecar.completion import Completer
 from sidecar.config import Config
 from sidecar.control import ControlPlane
 from sidecar.domain import DeploymentType
+from sidecar.endpoints import EndpointPolicy, parse_cidrs
+from sidecar.grpc_errors import add_guarded_servicer
+from sidecar.grpc_metrics import GrpcMetricsInterceptor
+from sidecar.health_probe import StoreProbe
+from sidecar.metrics import Metrics, MetricsServer
 from sidecar.servicers import AdminServicer, RoutingServicer
 from sidecar.store.base import Store
 from sidecar.store.sqlite import SQLiteStore
-from sidecar.tokens import TokenCipher, load_or_create_key
+from sidecar.tokens import Keyring
 from sidecar.upstream.targets import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,13 @@ log = logging.getLogger(__name__)
 ROUTING_SERVICE = routing_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 HEALTH_NAMES = ("", ROUTING_SERVICE, ADMIN_SERVICE)
+# The services whose methods get grpc_server_* series (other paths are not counted).
+GRPC_SERVICES = (
+    routing_pb2.DESCRIPTOR.services_by_name["RoutingService"],
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
+)
 
 
 class StartupError(RuntimeError):
@@ -45,6 +58,24 @@ def gateway_settings(config: Config) -> GatewaySettings:
     )
 
 
+def auth_secrets(config: Config) -> Secrets:
+    client, admin = config.auth.read_secret("client"), config.auth.read_secret("admin")
+    return Secrets(client=client.encode() if client else None, admin=admin.encode() if admin else None)
+
+
+def server_credentials(config: Config) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured; mutual TLS when a client CA is configured too."""
+    server = config.server
+    if not server.tls_cert_file:
+        return None
+    client_ca = Path(server.tls_client_ca_file).read_bytes() if server.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(Path(server.tls_key_file).read_bytes(), Path(server.tls_cert_file).read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 def open_store(config: Config) -> Store:
     return SQLiteStore(Path(config.storage.path))
 
@@ -58,23 +89,61 @@ class Sidecar:
         self.control: ControlPlane | None = None
         self.completer: Completer | None = None
         self._refresh_task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
         self.port = 0
+        # One registry per sidecar: tests run several in one process.
+        self.metrics = Metrics()
+        self.metrics_server = MetricsServer(self.metrics.registry)
+        self.metrics_port = 0
 
     async def start(self) -> int:
         """Opens the store, builds the snapshot and starts serving; returns the bound gRPC port."""
         instance = self.config.instance
         catalog = startup_catalog(instance.catalog_path, self.config.storage.data_dir / "catalog.json")
         await self.store.open()
-        cipher = TokenCipher(load_or_create_key(self.config.storage.token_key_path))
-        self.control = await ControlPlane.load(self.store, cipher, instance.deployment, catalog)
+        cipher = Keyring.open(self.config.storage.token_key_path)
+        endpoints = EndpointPolicy(parse_cidrs(self.config.upstream.allowed_cidrs))
+        self.control = await ControlPlane.load(self.store, cipher, instance.deployment, catalog, endpoints)
         self.completer = Completer(self.config.upstream, gateway_settings(self.config), self.control)
         self.refresher = CatalogRefresher(self.control, self.completer, self.config.storage.data_dir / "catalog.json")
+        refresh_seconds = 0.0 if instance.catalog_path else instance.catalog_refresh_seconds
+        self.metrics.observe(self.control, self.completer, self.refresher, refresh_seconds, GRPC_SERVICES)
+        try:
+            self.metrics_port = await self.metrics_server.start(self.config.metrics.listen)
+        except OSError as exc:
+            await self.store.close()
+            listen = self.config.metrics.listen
+            raise StartupError(f"cannot serve metrics on {listen} (metrics.listen): {exc}") from None
 
-        # No SO_REUSEPORT: a second sidecar on a busy port must fail, not silently share it.
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingServicer(self.control, self.completer), server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(self.control, self.refresher, self.store.backend_name), server
+        self.auth = AuthInterceptor(
+            auth_secrets(self.config),
+            transitioning=self.config.auth.transitioning,
+            open_reflection=self.config.auth.reflection == "open",
+            on_failure=self.metrics.auth_failure,
+        )
+        server = grpc.aio.server(
+            # grpc.aio runs interceptors in list order, the first outermost. Authentication first: nothing else
+            # sees a call that is refused, so refused calls are not in grpc_server_* but in
+            # duo_routing_auth_failures_total (on_failure above). Then metrics and the access log.
+            interceptors=[
+                *([self.auth] if self.auth.secrets.enabled else []),
+                GrpcMetricsInterceptor(self.metrics),
+            ],
+            options=[
+                # No SO_REUSEPORT: a second sidecar on a busy port must fail, not silently share it.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", self.config.server.max_receive_message_bytes),
+            ],
+        )
+        add_guarded_servicer(
+            server,
+            routing_pb2_grpc.add_RoutingServiceServicer_to_server,
+            RoutingServicer(self.control, self.completer, self.metrics, self.config.log.log_prompts),
+        )
+        add_guarded_servicer(
+            server,
+            admin_pb2_grpc.add_AdminServiceServicer_to_server,
+            AdminServicer(self.control, self.refresher, self.store.backend_name),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -87,19 +156,30 @@ class Sidecar:
             server,
         )
         try:
-            self.port = server.add_insecure_port(self.config.server.listen)
+            credentials = server_credentials(self.config)
+            if credentials is None:
+                self.port = server.add_insecure_port(self.config.server.listen)
+            else:
+                self.port = server.add_secure_port(self.config.server.listen, credentials)
         except RuntimeError as exc:
+            await self.metrics_server.stop()
             await self.store.close()
             raise StartupError(f"cannot listen on {self.config.server.listen}: {exc}") from None
         await server.start()
         self.server = server
         for name in HEALTH_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        probe = StoreProbe(
+            self.store, self.health, HEALTH_NAMES, self.config.storage.probe_interval_seconds, self.metrics
+        )
+        self._probe_task = asyncio.create_task(probe.run())
         # An explicit catalog file is the operator's choice; only the default catalog follows the AI Gateway.
         if instance.catalog_refresh_seconds and not instance.catalog_path:
             self._refresh_task = asyncio.create_task(self.refresher.run_periodically(instance.catalog_refresh_seconds))
-        if not self.config.auth.client_secret_file and not self.config.auth.admin_secret_file:
+        if not self.auth.secrets.enabled:
             log.warning("authentication is OFF: any local process can call every RPC (development only)")
+        elif self.auth.transitioning:
+            log.warning("authentication is in transitioning mode: invalid tokens are counted, not refused")
         log.info(
             "duo-sidecar serving %s on %s (port %d), storage %s, catalog %s, config version %d",
             self.config.instance.deployment.title,
@@ -113,6 +193,9 @@ class Sidecar:
 
     async def stop(self) -> None:
         """Health goes NOT_SERVING, new RPCs are refused, in-flight ones get the grace period, then the store closes."""
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            self._probe_task = None
         await self.health.enter_graceful_shutdown()
         if self._refresh_task is not None:
             self._refresh_task.cancel()
@@ -120,6 +203,7 @@ class Sidecar:
         if self.server is not None:
             await self.server.stop(self.config.server.grace_period_seconds)
             self.server = None
+        await self.metrics_server.stop()
         if self.completer is not None:
             await self.completer.close()
         await self.store.close()

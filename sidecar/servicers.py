@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -13,7 +14,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc, types_pb2
-from sidecar import __version__, policy
+from sidecar import __version__, logs, policy
 from sidecar.catalog import CatalogModel, FeatureInfo
 from sidecar.catalog_refresh import CatalogRefresher
 from sidecar.completion import Completer, completion_input
@@ -27,11 +28,16 @@ from sidecar.control import (
 from sidecar.domain import AuditEvent, FeatureProvider, ModelFamily, Platform, SeatChange, SelfHostedModel
 from sidecar.errors import DuoError, invalid_argument
 from sidecar.grpc_errors import errors_as_status, translate_errors
+from sidecar.metrics import Metrics, error_outcome, interrupted_outcome
 from sidecar.paging import decode_token, encode_token, page_size, paginate
+from sidecar.snapshot import Snapshot
 from sidecar.upstream.base import TextDelta
+
+log = logging.getLogger(__name__)
 
 ACTOR_METADATA_KEY = "x-duo-actor"
 MAX_ACTOR_LENGTH = 255
+MAX_RESOURCE_PREFIX_LENGTH = 255
 
 E = TypeVar("E", bound=IntEnum)
 
@@ -111,24 +117,39 @@ def _families(info: FeatureInfo) -> list[types_pb2.ModelFamily]:
 
 
 class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
-    def __init__(self, control: ControlPlane, completer: Completer) -> None:
+    def __init__(
+        self, control: ControlPlane, completer: Completer, metrics: Metrics | None = None, log_prompts: bool = False
+    ) -> None:
         self._control = control
         self._completer = completer
+        self._metrics = metrics if metrics is not None else Metrics()
+        self._log_prompts = log_prompts
+
+    def _resolve(
+        self, snapshot: Snapshot, request: routing_pb2.ResolveModelRequest | routing_pb2.CompleteRequest
+    ) -> policy.Resolution:
+        """policy.resolve, counted here: the policy itself stays pure."""
+        try:
+            resolution = policy.resolve(snapshot, request.user_id, request.feature, request.root_namespace_id)
+        except DuoError as error:
+            self._metrics.resolve_failed(request.feature, error)
+            raise
+        self._metrics.resolved(request.feature, resolution)
+        return resolution
 
     @translate_errors
     async def ResolveModel(
         self, request: routing_pb2.ResolveModelRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.ResolveModelResponse:
-        return resolution_to_proto(
-            policy.resolve(self._control.snapshot, request.user_id, request.feature, request.root_namespace_id)
-        )
+        return resolution_to_proto(self._resolve(self._control.snapshot, request))
 
     async def Complete(
         self, request: routing_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[routing_pb2.CompleteResponse]:
+        started = time.perf_counter()
         async with errors_as_status(context, "Complete"):
             snapshot = self._control.snapshot
-            resolution = policy.resolve(snapshot, request.user_id, request.feature, request.root_namespace_id)
+            resolution = self._resolve(snapshot, request)
             params = request.parameters
             work = completion_input(
                 request.user_id,
@@ -136,25 +157,61 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
                 params.max_tokens,
                 params.temperature if params.HasField("temperature") else None,
                 list(params.stop_sequences),
-                request.correlation_id,
+                request.correlation_id or logs.correlation_id(),
             )
+            logs.use_correlation_id(work.correlation_id)  # the upstream's X-Request-ID and our log lines agree
             target = self._completer.target(resolution, snapshot.catalog.features[request.feature], work)
+            produced: list[str] | None = None
+            if self._log_prompts:  # log.log_prompts: a debugging aid that logs user content
+                produced = []
+                log.debug("Complete prompt", extra={"prompt": [[m.role, m.content] for m in work.messages]})
             yield routing_pb2.CompleteResponse(route=resolution_to_proto(resolution))
-            async with contextlib.aclosing(self._completer.stream(target)) as events:
-                async for event in events:
-                    if isinstance(event, TextDelta):
-                        yield routing_pb2.CompleteResponse(delta=routing_pb2.TextDelta(text=event.text))
-                    else:
-                        yield routing_pb2.CompleteResponse(
-                            finished=routing_pb2.CompletionFinished(
-                                finish_reason=event.finish_reason,
-                                usage=routing_pb2.TokenUsage(
-                                    input_tokens=event.input_tokens,
-                                    output_tokens=event.output_tokens,
-                                    estimated=event.usage_estimated,
-                                ),
+
+            call = self._metrics.upstream_call(snapshot, resolution)
+            upstream_started = time.perf_counter()
+            waited = 0.0  # time spent waiting on the upstream; the rest of the handler's time is the sidecar's
+            first_token = True
+            outcome, error_type = "ok", ""
+            try:
+                async with contextlib.aclosing(self._completer.stream(target)) as events:
+                    while True:
+                        before = time.perf_counter()
+                        try:
+                            event = await anext(events)
+                        except StopAsyncIteration:
+                            break
+                        finally:
+                            waited += time.perf_counter() - before
+                        if isinstance(event, TextDelta):
+                            if first_token:
+                                first_token = False
+                                call.first_token(time.perf_counter() - upstream_started)
+                            if produced is not None:
+                                produced.append(event.text)
+                            yield routing_pb2.CompleteResponse(delta=routing_pb2.TextDelta(text=event.text))
+                        else:
+                            call.usage(event.input_tokens, event.output_tokens)
+                            yield routing_pb2.CompleteResponse(
+                                finished=routing_pb2.CompletionFinished(
+                                    finish_reason=event.finish_reason,
+                                    usage=routing_pb2.TokenUsage(
+                                        input_tokens=event.input_tokens,
+                                        output_tokens=event.output_tokens,
+                                        estimated=event.usage_estimated,
+                                    ),
+                                )
                             )
-                        )
+            except DuoError as error:
+                outcome, error_type = error_outcome(error)
+                raise
+            except BaseException as exc:
+                outcome, error_type = interrupted_outcome(exc, context.time_remaining())
+                raise
+            finally:
+                now = time.perf_counter()
+                call.done(outcome, error_type, now - upstream_started, now - started, waited)
+                if produced is not None:
+                    log.debug("Complete output", extra={"completion": "".join(produced), "outcome": outcome})
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -503,6 +560,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListAuditEvents(
         self, request: admin_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListAuditEventsResponse:
+        if len(request.resource_prefix) > MAX_RESOURCE_PREFIX_LENGTH:
+            raise invalid_argument(
+                "resource_prefix", f"resource_prefix must be at most {MAX_RESOURCE_PREFIX_LENGTH} characters"
+            )
         size = page_size(request.page_size)
         scope = f"auditEvents/{request.resource_prefix}"
         before = decode_token(request.page_token, scope)

@@ -68,6 +68,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
         directory = data_dir or tmp_path / f"data-{len(started)}"
         env = {
             "DUO_SIDECAR_SERVER_LISTEN": "127.0.0.1:0",
+            "DUO_SIDECAR_METRICS_LISTEN": "127.0.0.1:0",  # the bound port is Sidecar.metrics_port
             "DUO_SIDECAR_SERVER_GRACE_PERIOD_SECONDS": "1",
             "DUO_SIDECAR_INSTANCE_DEPLOYMENT_TYPE": deployment_type,
             "DUO_SIDECAR_STORAGE_PATH": str(directory / "sidecar.db"),

@@ -67,12 +67,16 @@ def test_streamed_completion_from_a_self_hosted_model(start_sidecar: StartSideca
     run_minitest("completion_test.rb", {"self_managed": start_sidecar("self_managed")})
 
 
-@pytest.mark.skip(reason="the sidecar does not verify tokens yet (authentication is another issue)")
 def test_tokens_are_verified(start_sidecar: StartSidecar, tmp_path: Path) -> None:
     secret = "ruby-client-test-secret"
     secret_file = tmp_path / "client.secret"
     secret_file.write_text(secret + "\n")
-    sidecar = start_sidecar("self_managed", extra_config=f'[auth]\nclient_secret_file = "{secret_file}"\n')
+    admin_file = tmp_path / "admin.secret"
+    admin_file.write_text("ruby-admin-test-secret-0123456789\n")
+    sidecar = start_sidecar(
+        "self_managed",
+        extra_config=f'[auth]\nclient_secret_file = "{secret_file}"\nadmin_secret_file = "{admin_file}"\n',
+    )
     run_minitest("auth_test.rb", {"self_managed": sidecar}, {"DUO_SIDECAR_CLIENT_SECRET": secret})
 
 

@@ -84,6 +84,13 @@ class StoreTx(abc.ABC):
     async def set_default_namespace(self, user_id: int, namespace_id: int) -> None: ...
 
     @abc.abstractmethod
+    async def encrypted_tokens(self) -> dict[str, EncryptedToken]:
+        """Every stored API token, by model id."""
+
+    @abc.abstractmethod
+    async def set_encrypted_token(self, model_id: str, token: EncryptedToken) -> None: ...
+
+    @abc.abstractmethod
     async def record_change(self, actor: str, action: str, resource: str, before_json: str, after_json: str) -> int:
         """Writes the audit event, bumps the config version and returns the new version."""
 
@@ -97,6 +104,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def probe(self) -> None:
+        """Raises when the store can no longer serve (closed, unreadable, its file gone); cheap enough to run
+        every few seconds (the health probe does)."""
 
     @abc.abstractmethod
     async def load_state(self) -> StoredState: ...

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -29,6 +31,44 @@ _SQL_VARIABLES_PER_QUERY = 500
 
 class SchemaTooNewError(RuntimeError):
     pass
+
+
+class DatabaseLockedError(RuntimeError):
+    """Another process holds the database's lock file in a conflicting mode."""
+
+
+class DatabaseLock:
+    """An advisory flock on `<db>.lock`: sidecars hold it shared while the database is open, restore exclusively.
+
+    Shared, so processes that share one database keep working; exclusive, so a restore never swaps the file under
+    a running sidecar and no sidecar starts halfway through a restore. The kernel drops it if the process dies.
+    """
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.path = db_path.with_name(db_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self, *, exclusive: bool) -> None:
+        # Read-only and 0644: flock needs no write access, so a lock file created by root does not lock out others.
+        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = "a running duo-sidecar (or duo-sidecar migrate)" if exclusive else "duo-sidecar restore"
+            raise DatabaseLockedError(f"{self.db_path}: in use by {holder} (lock {self.path})") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
 
 
 def _now() -> str:
@@ -233,6 +273,19 @@ class SQLiteTx(StoreTx):
         else:
             await self._db.execute("DELETE FROM user_default_namespaces WHERE user_id = ?", (user_id,))
 
+    async def encrypted_tokens(self) -> dict[str, EncryptedToken]:
+        async with self._db.execute(
+            "SELECT id, api_token_key_id, api_token_ciphertext FROM self_hosted_models "
+            "WHERE api_token_ciphertext IS NOT NULL"
+        ) as cursor:
+            return {str(r[0]): EncryptedToken(str(r[1]), bytes(r[2])) for r in await cursor.fetchall()}
+
+    async def set_encrypted_token(self, model_id: str, token: EncryptedToken) -> None:
+        await self._db.execute(
+            "UPDATE self_hosted_models SET api_token_key_id = ?, api_token_ciphertext = ? WHERE id = ?",
+            (token.key_id, token.ciphertext, model_id),
+        )
+
     async def record_change(self, actor: str, action: str, resource: str, before_json: str, after_json: str) -> int:
         await self._db.execute("UPDATE config_version SET version = version + 1 WHERE id = 1")
         row = await self._one("SELECT version FROM config_version WHERE id = 1")
@@ -256,6 +309,8 @@ class SQLiteStore(Store):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._file_lock = DatabaseLock(path)
+        self._file_id: tuple[int, int] | None = None
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
@@ -266,10 +321,16 @@ class SQLiteStore(Store):
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._connect()
-        await self._writer.execute("PRAGMA journal_mode = WAL")
-        await self._migrate(self._writer)
-        self._reader = await self._connect()
+        self._file_lock.acquire(exclusive=False)
+        try:
+            self._writer = await self._connect()
+            await self._writer.execute("PRAGMA journal_mode = WAL")
+            await self._migrate(self._writer)
+            self._reader = await self._connect()
+            self._file_id = _file_id(self.path)
+        except BaseException:
+            await self.close()  # releases the lock and any connection already opened
+            raise
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         await db.execute("BEGIN IMMEDIATE")
@@ -306,6 +367,7 @@ class SQLiteStore(Store):
             if db is not None:
                 await db.close()
         self._reader = self._writer = None
+        self._file_lock.release()
 
     def _read_db(self) -> aiosqlite.Connection:
         if self._reader is None:
@@ -316,6 +378,17 @@ class SQLiteStore(Store):
         async with self._read_db().execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
+
+    async def probe(self) -> None:
+        """A read through the open connection, and the file must still be the one opened: a removed or
+        replaced database file would silently lose every later write."""
+        await self.schema_version()
+        try:
+            current = _file_id(self.path)
+        except FileNotFoundError:
+            raise sqlite3.OperationalError(f"{self.path} no longer exists") from None
+        if current != self._file_id:
+            raise sqlite3.OperationalError(f"{self.path} was replaced by another file")
 
     async def load_state(self) -> StoredState:
         db = self._read_db()

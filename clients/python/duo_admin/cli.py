@@ -20,9 +20,13 @@ from google.protobuf.message import Message
 from duo_admin.client import (
     DEFAULT_ADDRESS,
     DEFAULT_TIMEOUT_SECONDS,
+    SECRET_ENV,
+    SECRET_FILE_ENV,
     AdminClient,
     DuoAdminError,
     RoutingClient,
+    load_secret,
+    tls_credentials,
     validated_actor,
 )
 from duo_admin.output import (
@@ -66,7 +70,9 @@ exit status:
   "error: CODE: message" and one line per detail); 2 invalid command line.
 
 environment:
-  DUO_ADMIN_ADDRESS   default for --address
+  DUO_ADMIN_ADDRESS      default for --address
+  DUO_ADMIN_SECRET_FILE  default for --secret-file
+  DUO_ADMIN_SECRET       the secret itself, when no file is given (never pass secrets as arguments)
 """
 
 M = TypeVar("M", bound=Message)
@@ -123,19 +129,37 @@ class Clients:
         self._address: str = args.address
         self._timeout: float = args.timeout or DEFAULT_TIMEOUT_SECONDS
         self._actor: str | None = args.actor
+        self._secret = load_secret(args.secret_file)
+        self._credentials = (
+            tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+            if args.tls_ca or args.tls_cert or args.tls or args.tls_key
+            else None
+        )
         self._admin: AdminClient | None = None
         self._routing: RoutingClient | None = None
 
     @property
     def admin(self) -> AdminClient:
         if self._admin is None:
-            self._admin = AdminClient(self._address, timeout=self._timeout, actor=self._actor)
+            self._admin = AdminClient(
+                self._address,
+                timeout=self._timeout,
+                actor=self._actor,
+                secret=self._secret,
+                credentials=self._credentials,
+            )
         return self._admin
 
     @property
     def routing(self) -> RoutingClient:
         if self._routing is None:
-            self._routing = RoutingClient(self._address, timeout=self._timeout, actor=self._actor)
+            self._routing = RoutingClient(
+                self._address,
+                timeout=self._timeout,
+                actor=self._actor,
+                secret=self._secret,
+                credentials=self._credentials,
+            )
         return self._routing
 
     def close(self) -> None:
@@ -511,6 +535,16 @@ def _add_global_options(parser: argparse.ArgumentParser, with_defaults: bool) ->
         default=default(None),
         help="who you are, recorded in the audit log (default: $USER@hostname)",
     )
+    group.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        default=default(None),
+        help=f"the admin (or client) secret that signs each call (default: ${SECRET_FILE_ENV}, or ${SECRET_ENV})",
+    )
+    group.add_argument("--tls", action="store_true", default=default(False), help="connect with TLS (system CAs)")
+    group.add_argument("--tls-ca", metavar="PATH", default=default(None), help="CA certificate of the sidecar (TLS)")
+    group.add_argument("--tls-cert", metavar="PATH", default=default(None), help="client certificate (mutual TLS)")
+    group.add_argument("--tls-key", metavar="PATH", default=default(None), help="client private key (mutual TLS)")
     group.add_argument(
         "--json",
         action="store_true",

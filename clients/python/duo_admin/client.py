@@ -25,10 +25,37 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
+from sidecar.auth import sign_token
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_SECONDS = 10.0
 ACTOR_METADATA_KEY = "x-duo-actor"
+SECRET_FILE_ENV = "DUO_ADMIN_SECRET_FILE"
+SECRET_ENV = "DUO_ADMIN_SECRET"
+
+
+def load_secret(secret_file: str | None) -> str | None:
+    """The signing secret: from the file given, else $DUO_ADMIN_SECRET_FILE, else $DUO_ADMIN_SECRET."""
+    path = secret_file or os.environ.get(SECRET_FILE_ENV)
+    if path:
+        return open(path).read().strip()
+    return os.environ.get(SECRET_ENV) or None
+
+
+def tls_credentials(ca_file: str | None, cert_file: str | None, key_file: str | None) -> grpc.ChannelCredentials:
+    """TLS channel credentials; a client certificate and key make it mutual TLS."""
+
+    def read(path: str | None) -> bytes | None:
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca_file), private_key=read(key_file), certificate_chain=read(cert_file)
+    )
+
+
 # The sidecar refuses SyncSeatAssignments messages with more changes than this.
 MAX_SEAT_CHANGES_PER_MESSAGE = 10_000
 
@@ -174,12 +201,14 @@ class _SidecarClient:
         actor: str | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        secret: str | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.address = address
         self.timeout = timeout
         self.actor = validated_actor(actor or default_actor())
+        self._secret = secret  # signs a fresh token for every call
         if credentials is None:
             self._channel = grpc.insecure_channel(address, options=list(options))
         else:
@@ -198,7 +227,10 @@ class _SidecarClient:
         self.close()
 
     def _call_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((ACTOR_METADATA_KEY, self.actor),)
+        metadata: tuple[tuple[str, str], ...] = ((ACTOR_METADATA_KEY, self.actor),)
+        if self._secret:
+            metadata += (("authorization", sign_token(self._secret)),)
+        return metadata
 
     def _call(self, rpc: Callable[..., Any], request: Any, response_type: type[R]) -> R:
         """Runs one RPC (unary, or client-streaming with an iterator request) with deadline and metadata."""

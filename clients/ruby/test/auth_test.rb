@@ -3,8 +3,7 @@
 require "test_helper"
 
 # Token authentication against a real sidecar started with auth.client_secret_file (DESIGN section 5).
-# tests/test_ruby_client.py runs this file once the sidecar verifies tokens; it passes the secret in
-# DUO_SIDECAR_CLIENT_SECRET.
+# tests/test_ruby_client.py runs this file and passes the secret in DUO_SIDECAR_CLIENT_SECRET.
 class AuthTest < Minitest::Test
   include DuoRoutingTest
 
@@ -28,11 +27,13 @@ class AuthTest < Minitest::Test
     assert_raises(DuoRouting::UnauthenticatedError) { resolve(secret: nil) }
   end
 
-  def test_token_signed_with_another_secret_is_unauthenticated
-    assert_raises(DuoRouting::UnauthenticatedError) { resolve(secret: "#{@secret}-wrong") }
+  def test_token_signed_with_another_secret_is_permission_denied
+    error = assert_raises(DuoRouting::PermissionDeniedError) { resolve(secret: "#{@secret}-wrong") }
+    assert_equal "AUTH_TOKEN_INVALID", error.reason
   end
 
-  def test_token_older_than_the_allowed_skew_is_unauthenticated
-    assert_raises(DuoRouting::UnauthenticatedError) { resolve(secret: @secret, clock: -> { Time.now - 120 }) }
+  def test_token_older_than_the_allowed_skew_is_permission_denied
+    error = assert_raises(DuoRouting::PermissionDeniedError) { resolve(secret: @secret, clock: -> { Time.now - 120 }) }
+    assert_equal "AUTH_TOKEN_EXPIRED", error.reason
   end
 end

@@ -1,0 +1,192 @@
+"""Gitaly-style v2 HMAC bearer tokens: `Bearer v2.<hex HMAC-SHA256(secret, unix_ts)>.<unix_ts>`.
+
+The client secret may call RoutingService; the admin secret may call everything. Health is open.
+A grpc.aio interceptor checks every call before any handler, queue or concurrency limit sees it.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from sidecar.errors import DuoError, ErrorCode
+from sidecar.grpc_errors import status_for
+
+log = logging.getLogger(__name__)
+
+TOKEN_VERSION = "v2"
+ALLOWED_SKEW_SECONDS = 30
+ROUTING_PREFIX = "/gitlab.duo.routing.v1.RoutingService/"
+ADMIN_PREFIX = "/gitlab.duo.routing.v1.AdminService/"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    ADMIN = "admin"
+
+
+def sign_token(secret: str | bytes, timestamp: int | None = None) -> str:
+    """The value of the `authorization` metadata for a call made now (or at `timestamp`)."""
+    ts = int(time.time()) if timestamp is None else timestamp
+    key = secret.encode() if isinstance(secret, str) else secret
+    mac = hmac.new(key, str(ts).encode(), hashlib.sha256).hexdigest()
+    return f"Bearer {TOKEN_VERSION}.{mac}.{ts}"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    client: bytes | None
+    admin: bytes | None
+
+    @property
+    def enabled(self) -> bool:
+        return self.admin is not None
+
+
+def _failure(code: ErrorCode, reason: str, message: str) -> DuoError:
+    return DuoError(code, reason, message)
+
+
+def authenticate(authorization: str | None, required: Role, secrets: Secrets, now: float) -> Role:
+    """The caller's role, or a DuoError: UNAUTHENTICATED when no usable token, PERMISSION_DENIED when refused."""
+    if not authorization:
+        raise _failure(
+            ErrorCode.UNAUTHENTICATED,
+            "AUTH_TOKEN_MISSING",
+            "no authorization metadata; send 'authorization: Bearer v2.<hmac>.<timestamp>'",
+        )
+    scheme, _, token = authorization.partition(" ")
+    parts = token.strip().split(".")
+    if (
+        scheme.lower() != "bearer"
+        or len(parts) != 3
+        or parts[0] != TOKEN_VERSION
+        or len(parts[1]) != 64
+        or not parts[2].isdigit()
+        or len(parts[2]) > 12
+    ):
+        raise _failure(
+            ErrorCode.UNAUTHENTICATED,
+            "AUTH_TOKEN_MALFORMED",
+            "the authorization token is not 'Bearer v2.<hex hmac>.<unix timestamp>'",
+        )
+    timestamp = int(parts[2])
+    skew = timestamp - now
+    if abs(skew) > ALLOWED_SKEW_SECONDS:
+        when = "in the future" if skew > 0 else "expired"
+        raise _failure(
+            ErrorCode.PERMISSION_DENIED,
+            "AUTH_TOKEN_EXPIRED",
+            f"the token is {when} ({abs(skew):.0f} s off; at most {ALLOWED_SKEW_SECONDS} s): check the clocks",
+        )
+    message = parts[2].encode()
+    presented = parts[1].encode()
+    role: Role | None = None
+    for candidate, secret in ((Role.ADMIN, secrets.admin), (Role.CLIENT, secrets.client)):
+        if secret is None:
+            continue
+        expected = hmac.new(secret, message, hashlib.sha256).hexdigest().encode()
+        if hmac.compare_digest(expected, presented) and role is None:
+            role = candidate
+    if role is None:
+        raise _failure(
+            ErrorCode.PERMISSION_DENIED, "AUTH_TOKEN_INVALID", "the token was not signed with a known secret"
+        )
+    if required is Role.ADMIN and role is not Role.ADMIN:
+        raise _failure(
+            ErrorCode.PERMISSION_DENIED,
+            "AUTH_WRONG_ROLE",
+            "this RPC needs the admin secret; the client secret signed it",
+        )
+    return role
+
+
+def required_role(method: str, open_reflection: bool) -> Role | None:
+    """Who may call a method; None means anyone (health). Unknown methods need the admin secret."""
+    if method.startswith(ROUTING_PREFIX):
+        return Role.CLIENT
+    if method.startswith(HEALTH_PREFIX):
+        return None
+    if open_reflection and method.startswith(REFLECTION_PREFIXES):
+        return None
+    return Role.ADMIN
+
+
+AuthFailureHook = Callable[[str, bool], None]
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without a valid token; in transitioning mode lets them through and only counts them."""
+
+    def __init__(
+        self,
+        secrets: Secrets,
+        *,
+        transitioning: bool,
+        open_reflection: bool,
+        on_failure: AuthFailureHook | None = None,
+    ) -> None:
+        self.secrets = secrets
+        self.transitioning = transitioning
+        self.open_reflection = open_reflection
+        self.on_failure = on_failure
+        self.failures: dict[tuple[str, bool], int] = {}
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
+    ) -> Any:
+        required = required_role(details.method, self.open_reflection)
+        if required is None:
+            return await continuation(details)
+        authorization = None
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                authorization = value
+                break
+        try:
+            authenticate(authorization, required, self.secrets, time.time())
+        except DuoError as refusal:
+            enforced = not self.transitioning
+            key = (refusal.reason, enforced)
+            self.failures[key] = self.failures.get(key, 0) + 1
+            if self.on_failure is not None:
+                self.on_failure(refusal.reason, enforced)
+            if enforced:
+                handler = await continuation(details)
+                return _refusing(handler, refusal) if handler is not None else None
+            log.warning("transitioning: would refuse %s (%s)", details.method, refusal.reason)
+        return await continuation(details)
+
+
+def _refusing(handler: Any, refusal: DuoError) -> Any:
+    """A handler of the same shape as `handler` that ends the call with the refusal's status."""
+    status = status_for(refusal)
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort_with_status(status)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort_with_status(status)
+        yield  # pragma: no cover - makes this an async generator for streaming handlers
+
+    codec = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, **codec)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **codec)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, **codec)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream, **codec)

@@ -1,0 +1,527 @@
+"""Prometheus metrics: one registry per Sidecar, served on its own HTTP port (`metrics.listen`).
+
+Cardinality is bounded by construction: no user, namespace, request or token labels. Feature labels come
+from the catalog, model labels from the catalog and the registered self-hosted models, gRPC method labels
+from the registered services; anything else is `other`. docs/sre.md describes every metric.
+
+Hot-path cost: the labelled children the gRPC interceptor and ResolveModel use are created once (per method
+at start, per feature/provider/source on first use) and kept in plain dicts, so a call does no label lookup.
+State that can be read (config version, breakers, in-flight counts) is read at scrape time instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import prometheus_client
+from aiohttp import web
+from google.protobuf.descriptor import ServiceDescriptor
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, exposition
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from sidecar import __version__
+from sidecar.domain import Platform, Provider
+from sidecar.errors import DuoError
+from sidecar.policy import DEFAULT_NAMESPACE_REQUIRED, Resolution
+from sidecar.upstream.resilience import BreakerState
+
+if TYPE_CHECKING:
+    from sidecar.catalog_refresh import CatalogRefresher
+    from sidecar.completion import Completer
+    from sidecar.control import ControlPlane
+    from sidecar.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+# `_created` series double the series count and no alert here uses them.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+OTHER = "other"
+
+# ResolveModel takes well under a millisecond; Complete streams for up to minutes.
+GRPC_SECONDS_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+OVERHEAD_SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+# OpenTelemetry GenAI semantic conventions' advice for gen_ai.client.operation.duration and token usage.
+GENAI_SECONDS_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+GENAI_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+
+# go-grpc-prometheus spells codes the way grpc-go's codes.Code.String() does.
+GRPC_CODE_NAMES: dict[grpc.StatusCode, str] = {
+    grpc.StatusCode.OK: "OK",
+    grpc.StatusCode.CANCELLED: "Canceled",
+    grpc.StatusCode.UNKNOWN: "Unknown",
+    grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
+    grpc.StatusCode.NOT_FOUND: "NotFound",
+    grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
+    grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
+    grpc.StatusCode.ABORTED: "Aborted",
+    grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
+    grpc.StatusCode.UNIMPLEMENTED: "Unimplemented",
+    grpc.StatusCode.INTERNAL: "Internal",
+    grpc.StatusCode.UNAVAILABLE: "Unavailable",
+    grpc.StatusCode.DATA_LOSS: "DataLoss",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
+}
+# Services whose methods get every series up front: a handled_total series for every code (error ratios are
+# then defined before the first error) and the latency histogram. The others get the counters and OK up front,
+# the histogram when first called and other codes on first use.
+FULLY_INITIALIZED_SERVICES = frozenset({"gitlab.duo.routing.v1.RoutingService"})
+
+# The auth interceptor's refusal reasons, created at zero so that rate() works before the first failure.
+KNOWN_AUTH_REASONS = (
+    "AUTH_TOKEN_MISSING",
+    "AUTH_TOKEN_MALFORMED",
+    "AUTH_TOKEN_EXPIRED",
+    "AUTH_TOKEN_INVALID",
+    "AUTH_WRONG_ROLE",
+)
+_REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
+
+_BREAKER_VALUES = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
+
+
+def grpc_type(client_streaming: bool, server_streaming: bool) -> str:
+    if client_streaming and server_streaming:
+        return "bidi_stream"
+    if client_streaming:
+        return "client_stream"
+    return "server_stream" if server_streaming else "unary"
+
+
+class MethodMetrics:
+    """The labelled children of one gRPC method, created once; the interceptor only calls inc/observe."""
+
+    __slots__ = (
+        "_metrics",
+        "handled",
+        "name",
+        "ok",
+        "path",
+        "received",
+        "seconds",
+        "sent",
+        "service",
+        "started",
+        "type",
+    )
+
+    def __init__(self, metrics: GrpcServerMetrics, service: str, name: str, kind: str) -> None:
+        self.service = service
+        self.name = name
+        self.type = kind
+        self.path = f"/{service}/{name}"
+        labels = (kind, service, name)
+        self.started = metrics.started.labels(*labels)
+        self.received = metrics.received.labels(*labels)
+        self.sent = metrics.sent.labels(*labels)
+        full = service in FULLY_INITIALIZED_SERVICES
+        # The histogram is 21 series a method: the rarely called methods get theirs on first use (activate).
+        self.seconds: Any = metrics.seconds.labels(*labels) if full else None
+        codes = GRPC_CODE_NAMES.values() if full else ("OK",)
+        by_name = {code: metrics.handled.labels(*labels, code) for code in codes}
+        self.ok = by_name["OK"]
+        self.handled: dict[grpc.StatusCode, Any] = {
+            status: by_name[code] for status, code in GRPC_CODE_NAMES.items() if code in by_name
+        }
+        self._metrics = metrics
+
+    def activate(self) -> None:
+        """Creates what was left for the first call; the interceptor calls it once, when it wraps the method."""
+        if self.seconds is None:
+            self.seconds = self._metrics.seconds.labels(self.type, self.service, self.name)
+
+    def handled_child(self, code: grpc.StatusCode) -> Any:
+        child = self.handled.get(code)
+        if child is None:
+            child = self._metrics.handled.labels(self.type, self.service, self.name, GRPC_CODE_NAMES[code])
+            self.handled[code] = child
+        return child
+
+
+class GrpcServerMetrics:
+    """go-grpc-prometheus / py-grpc-prometheus server metrics, under their usual names and labels."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.started = Counter("grpc_server_started_total", "RPCs started on the server.", labels, registry=registry)
+        self.handled = Counter(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, regardless of success or failure.",
+            (*labels, "grpc_code"),
+            registry=registry,
+        )
+        self.received = Counter(
+            "grpc_server_msg_received_total", "RPC stream messages received on the server.", labels, registry=registry
+        )
+        self.sent = Counter(
+            "grpc_server_msg_sent_total", "gRPC stream messages sent by the server.", labels, registry=registry
+        )
+        self.seconds = Histogram(
+            "grpc_server_handling_seconds",
+            "Response latency (seconds) of gRPC that had been application-level handled by the server.",
+            labels,
+            registry=registry,
+            buckets=GRPC_SECONDS_BUCKETS,
+        )
+        self.methods: dict[str, MethodMetrics] = {}
+
+    def register_services(self, services: Iterable[ServiceDescriptor]) -> None:
+        for service in services:
+            for method in service.methods:
+                kind = grpc_type(method.client_streaming, method.server_streaming)
+                entry = MethodMetrics(self, service.full_name, method.name, kind)
+                self.methods[entry.path] = entry
+
+
+class UpstreamCall:
+    """Measures one Complete's trip to its upstream; the servicer reports what happened."""
+
+    __slots__ = ("_gen_ai", "_metrics", "_model", "_provider")
+
+    def __init__(self, metrics: Metrics, provider: str, model: str, gen_ai_provider: str) -> None:
+        self._metrics = metrics
+        self._provider = provider
+        self._model = model
+        self._gen_ai = ("chat", gen_ai_provider, model)
+
+    def first_token(self, seconds: float) -> None:
+        self._metrics.upstream_ttft.labels(self._provider, self._model).observe(seconds)
+
+    def usage(self, input_tokens: int, output_tokens: int) -> None:
+        tokens = self._metrics.genai_tokens
+        tokens.labels(*self._gen_ai, "input").observe(input_tokens)
+        tokens.labels(*self._gen_ai, "output").observe(output_tokens)
+
+    def done(
+        self, outcome: str, error_type: str, upstream_seconds: float, handler_seconds: float, waited: float
+    ) -> None:
+        """outcome: ok, cancelled, deadline_exceeded or the error reason (lower case); error_type: a gRPC code name
+        or "" on success; waited: seconds spent waiting on the upstream, the rest of handler_seconds is ours."""
+        m = self._metrics
+        m.upstream_requests.labels(self._provider, self._model, outcome).inc()
+        m.genai_duration.labels(*self._gen_ai, error_type).observe(upstream_seconds)
+        m.overhead.labels(self._provider).observe(max(0.0, handler_seconds - waited))
+
+
+def outcome_label(reason: str) -> str:
+    return reason.lower() if _REASON.fullmatch(reason) else "error"
+
+
+def error_outcome(error: DuoError) -> tuple[str, str]:
+    """(outcome, error_type) of a Complete that failed with `error`: its reason and its gRPC code's name."""
+    return outcome_label(error.reason), GRPC_CODE_NAMES[grpc.StatusCode[error.code.value]]
+
+
+def interrupted_outcome(exc: BaseException, time_remaining: float | None) -> tuple[str, str]:
+    """(outcome, error_type) of a Complete that ended by an exception other than a DuoError."""
+    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+        if time_remaining is not None and time_remaining <= 0:
+            return "deadline_exceeded", "DeadlineExceeded"
+        return "cancelled", "Canceled"
+    return "error", "Unknown"
+
+
+class Metrics:
+    """Every metric of one sidecar, in its own registry (several sidecars may share a process in tests)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        self.grpc = GrpcServerMetrics(registry)
+
+        # -- routing --------------------------------------------------------------------------------------
+        self.resolutions = Counter(
+            "duo_routing_resolutions_total",
+            "Successful routing decisions (ResolveModel and Complete) by requested feature, provider and rule.",
+            ("feature", "provider", "source"),
+            registry=registry,
+        )
+        self.default_namespace_required = Counter(
+            "duo_routing_default_namespace_required_total",
+            "Requests refused with DEFAULT_NAMESPACE_REQUIRED: a multi-seat user has no default Duo namespace.",
+            ("feature",),
+            registry=registry,
+        )
+        self.pinned_model_unavailable = Counter(
+            "duo_routing_pinned_model_unavailable_total",
+            "Requests whose pinned model left the catalog and were served the feature's default instead.",
+            ("feature",),
+            registry=registry,
+        )
+        self.auth_failures = Counter(
+            "duo_routing_auth_failures_total",
+            "Calls whose credentials failed; enforced=false: transitioning mode let the call through.",
+            ("reason", "enforced"),
+            registry=registry,
+        )
+        for reason in KNOWN_AUTH_REASONS:
+            for enforced in ("true", "false"):
+                self.auth_failures.labels(reason, enforced)
+        self.store_up = Gauge(
+            "duo_routing_store_up",
+            "1 when the last storage probe succeeded, 0 when the store is unusable (health is NOT_SERVING).",
+            registry=registry,
+        )
+        self.store_up.set(0)
+        build = Gauge(
+            "duo_routing_build_info", "Always 1; labels name the sidecar version.", ("version",), registry=registry
+        )
+        build.labels(__version__).set(1)
+
+        # -- Complete and its upstreams -----------------------------------------------------------------
+        self.upstream_requests = Counter(
+            "duo_routing_upstream_requests_total",
+            "Complete requests sent upstream, by provider, model and outcome (ok, cancelled, or the error reason).",
+            ("provider", "model", "outcome"),
+            registry=registry,
+        )
+        self.upstream_ttft = Histogram(
+            "duo_routing_upstream_time_to_first_token_seconds",
+            "From starting the upstream request to its first text chunk.",
+            ("provider", "model"),
+            registry=registry,
+            buckets=GENAI_SECONDS_BUCKETS,
+        )
+        self.overhead = Histogram(
+            "duo_routing_overhead_seconds",
+            "Complete: the sidecar's own time, i.e. handler time minus time spent waiting on the upstream.",
+            ("provider",),
+            registry=registry,
+            buckets=OVERHEAD_SECONDS_BUCKETS,
+        )
+        genai = ("gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model")
+        self.genai_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration (OpenTelemetry GenAI semantic conventions), upstream start to last chunk.",
+            (*genai, "error_type"),
+            registry=registry,
+            buckets=GENAI_SECONDS_BUCKETS,
+        )
+        self.genai_tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens per Complete (OpenTelemetry GenAI semantic conventions); estimated on the AI Gateway route.",
+            (*genai, "gen_ai_token_type"),
+            registry=registry,
+            buckets=GENAI_TOKEN_BUCKETS,
+        )
+
+        self._resolution_children: dict[tuple[str, Provider, Any], Any] = {}
+        self._state = _StateCollector()
+        registry.register(self._state)
+
+    # -- wiring ----------------------------------------------------------------------------------------
+
+    def observe(
+        self,
+        control: ControlPlane,
+        completer: Completer,
+        refresher: CatalogRefresher,
+        catalog_refresh_seconds: float,
+        services: Sequence[ServiceDescriptor],
+    ) -> None:
+        """Connects the scrape-time collectors to the sidecar's state and creates the per-method children."""
+        self._state.control = control
+        self._state.completer = completer
+        self._state.refresher = refresher
+        self._state.catalog_refresh_seconds = catalog_refresh_seconds
+        self.grpc.register_services(services)
+
+    # -- labels ----------------------------------------------------------------------------------------
+
+    def feature_label(self, feature: str) -> str:
+        control = self._state.control
+        return feature if control is not None and feature in control.snapshot.catalog.features else OTHER
+
+    @staticmethod
+    def model_label(snapshot: Snapshot, model: str) -> str:
+        if model in snapshot.catalog.models:
+            return model
+        if any(m.identifier == model for m in snapshot.self_hosted_models.values()):
+            return model
+        return OTHER
+
+    # -- routing ---------------------------------------------------------------------------------------
+
+    def resolved(self, feature: str, resolution: Resolution) -> None:
+        """A successful routing decision for `feature` (as requested)."""
+        key = (feature, resolution.provider, resolution.source)
+        child = self._resolution_children.get(key)
+        if child is None:
+            child = self._resolution_child(key)
+        child.inc()
+        if resolution.pinned_model_unavailable:
+            self.pinned_model_unavailable.labels(self.feature_label(feature)).inc()
+
+    def _resolution_child(self, key: tuple[str, Provider, Any]) -> Any:
+        feature, provider, source = key
+        label = self.feature_label(feature)
+        child = self.resolutions.labels(label, provider.name.lower(), source.name.lower())
+        if label != OTHER:  # only catalog features are remembered: the dict stays as small as the label set
+            self._resolution_children[key] = child
+        return child
+
+    def resolve_failed(self, feature: str, error: DuoError) -> None:
+        if error.reason == DEFAULT_NAMESPACE_REQUIRED:
+            self.default_namespace_required.labels(self.feature_label(feature)).inc()
+
+    def auth_failure(self, reason: str, enforced: bool) -> None:
+        """For the auth interceptor: a call whose credentials failed. `reason` is the ErrorInfo reason
+        (UPPER_SNAKE_CASE, e.g. AUTH_TOKEN_EXPIRED); enforced=False means transitioning mode let it through."""
+        label = reason if _REASON.fullmatch(reason) else OTHER
+        self.auth_failures.labels(label, "true" if enforced else "false").inc()
+
+    # -- Complete --------------------------------------------------------------------------------------
+
+    def upstream_call(self, snapshot: Snapshot, resolution: Resolution) -> UpstreamCall:
+        model = self.model_label(snapshot, resolution.model_identifier)
+        hosted = resolution.self_hosted_model
+        if hosted is None:
+            gen_ai_provider = "gitlab_ai_gateway"
+        else:
+            gen_ai_provider = {
+                Platform.OPENAI_COMPATIBLE: "openai_compatible",
+                Platform.AZURE_OPENAI: "azure_openai",
+            }.get(hosted.platform, OTHER)
+        return UpstreamCall(self, resolution.provider.name.lower(), model, gen_ai_provider)
+
+
+class _StateCollector(Collector):
+    """Gauges read from the sidecar's state at scrape time: nothing to update on the hot path."""
+
+    def __init__(self) -> None:
+        self.control: ControlPlane | None = None
+        self.completer: Completer | None = None
+        self.refresher: CatalogRefresher | None = None
+        self.catalog_refresh_seconds = 0.0
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        control, completer, refresher = self.control, self.completer, self.refresher
+        if control is None or completer is None or refresher is None:
+            return
+        snapshot = control.snapshot
+        now = time.time()
+        yield GaugeMetricFamily(
+            "duo_routing_config_version",
+            "Config version of the routing snapshot in use (bumped by every admin change).",
+            value=snapshot.config_version,
+        )
+        yield GaugeMetricFamily(
+            "duo_routing_snapshot_published_timestamp_seconds",
+            "Unix time the routing snapshot in use was published (loaded at start or swapped after a change).",
+            value=control.published_at,
+        )
+        yield GaugeMetricFamily(
+            "duo_routing_catalog_age_seconds",
+            "Seconds since the model catalog in use was loaded at start or last fetched from the AI Gateway.",
+            value=max(0.0, now - refresher.refreshed_at),
+        )
+        yield GaugeMetricFamily(
+            "duo_routing_catalog_refresh_interval_seconds",
+            "instance.catalog_refresh_seconds in effect (0: the catalog is never refreshed).",
+            value=self.catalog_refresh_seconds,
+        )
+        info = GaugeMetricFamily(
+            "duo_routing_catalog_info",
+            "Always 1; catalog_version names the catalog in use.",
+            labels=["catalog_version"],
+        )
+        info.add_metric([snapshot.catalog.version], 1)
+        yield info
+        breakers = GaugeMetricFamily(
+            "duo_routing_upstream_circuit_state",
+            "Circuit breaker per upstream endpoint: 0 closed, 1 half-open (a trial may pass), 2 open (failing fast).",
+            labels=["endpoint"],
+        )
+        for endpoint, breaker in sorted(completer.breakers.items()):
+            state = breaker.state
+            if state is BreakerState.OPEN and breaker.retry_after_seconds() <= 0:
+                state = BreakerState.HALF_OPEN  # the next call is the trial
+            breakers.add_metric([endpoint], _BREAKER_VALUES[state])
+        yield breakers
+        in_flight = GaugeMetricFamily(
+            "duo_routing_upstream_in_flight",
+            "Complete requests in flight per upstream endpoint (capped by upstream.max_in_flight_per_endpoint).",
+            labels=["endpoint"],
+        )
+        for endpoint, limit in sorted(completer.limits.items()):
+            in_flight.add_metric([endpoint], limit.in_flight)
+        yield in_flight
+
+
+class MetricsServer:
+    """Serves GET /metrics: Prometheus text format, or OpenMetrics when the Accept header asks for it."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        registry: Any = self.registry
+        names = request.query.getall("name[]", [])
+        if names:
+            registry = registry.restricted_registry(names)
+        encoder, content_type = exposition.choose_encoder(request.headers.get("Accept", ""))
+        response = web.Response(body=encoder(registry), headers={"Content-Type": content_type})
+        response.enable_compression()
+        return response
+
+    async def start(self, listen: str) -> int:
+        """Binds `listen` (HOST:PORT, port 0 picks one) and returns the bound port; OSError if it cannot."""
+        host, _, port = listen.rpartition(":")
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_port=False)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        return self.port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,216 @@
+"""Authentication and roles on every service, over plain TCP, TLS and mutual TLS."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
+from sidecar.auth import sign_token
+from tests.certs import make_pki
+from tests.conftest import StartServer
+from tests.helpers import error_details
+
+pytestmark = pytest.mark.asyncio
+
+CLIENT_SECRET = "client-secret-0123456789abcdef"
+ADMIN_SECRET = "admin-secret-0123456789abcdef00"
+
+OK = grpc.StatusCode.OK
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+DENIED = grpc.StatusCode.PERMISSION_DENIED
+
+TOKENS: dict[str, Callable[[], str | None]] = {
+    "none": lambda: None,
+    "garbage": lambda: "Bearer not-a-token",
+    "wrong scheme": lambda: sign_token(CLIENT_SECRET).replace("Bearer", "Basic"),
+    "wrong secret": lambda: sign_token("some-other-secret-0123456789"),
+    "expired": lambda: sign_token(ADMIN_SECRET, int(time.time()) - 120),
+    "future": lambda: sign_token(ADMIN_SECRET, int(time.time()) + 120),
+    "client": lambda: sign_token(CLIENT_SECRET),
+    "admin": lambda: sign_token(ADMIN_SECRET),
+}
+# (token, expected on RoutingService, expected on AdminService)
+OUTCOMES = [
+    ("none", UNAUTHENTICATED, UNAUTHENTICATED),
+    ("garbage", UNAUTHENTICATED, UNAUTHENTICATED),
+    ("wrong scheme", UNAUTHENTICATED, UNAUTHENTICATED),
+    ("wrong secret", DENIED, DENIED),
+    ("expired", DENIED, DENIED),
+    ("future", DENIED, DENIED),
+    ("client", OK, DENIED),
+    ("admin", OK, OK),
+]
+REASONS = {
+    "none": "AUTH_TOKEN_MISSING",
+    "garbage": "AUTH_TOKEN_MALFORMED",
+    "wrong scheme": "AUTH_TOKEN_MALFORMED",
+    "wrong secret": "AUTH_TOKEN_INVALID",
+    "expired": "AUTH_TOKEN_EXPIRED",
+    "future": "AUTH_TOKEN_EXPIRED",
+    "client": "AUTH_WRONG_ROLE",
+}
+AUTH_ENV = {"DUO_SIDECAR_AUTH_CLIENT_SECRET": CLIENT_SECRET, "DUO_SIDECAR_AUTH_ADMIN_SECRET": ADMIN_SECRET}
+
+
+async def _code(call: Any) -> tuple[grpc.StatusCode, str]:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        reason = error_details(error).reason if error.code() in (UNAUTHENTICATED, DENIED) else ""
+        return error.code(), reason
+    return OK, ""
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", token),) if token else ()
+
+
+async def _check_outcomes(channel: grpc.aio.Channel) -> None:
+    routing = routing_pb2_grpc.RoutingServiceStub(channel)
+    admin = admin_pb2_grpc.AdminServiceStub(channel)
+    for name, on_routing, on_admin in OUTCOMES:
+        token = TOKENS[name]()
+        code, reason = await _code(
+            routing.ResolveModel(
+                routing_pb2.ResolveModelRequest(user_id=1, feature="duo_chat"), metadata=_metadata(token)
+            )
+        )
+        assert code == on_routing, f"{name} token on RoutingService"
+        if code != OK:
+            assert reason == REASONS[name]
+        code, reason = await _code(admin.GetServerInfo(admin_pb2.GetServerInfoRequest(), metadata=_metadata(token)))
+        assert code == on_admin, f"{name} token on AdminService"
+        if code != OK:
+            assert reason == REASONS[name]
+    # Streaming RPCs are guarded too.
+    stream = routing.Complete(routing_pb2.CompleteRequest(user_id=1, feature="duo_chat"), metadata=_metadata(None))
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in stream:
+            pass
+    assert raised.value.code() == UNAUTHENTICATED
+    # Health needs no token, so orchestrators can probe it.
+    health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls", "mtls"])
+async def test_every_auth_outcome_on_both_services(start_server: StartServer, tmp_path: Path, transport: str) -> None:
+    pki = make_pki(tmp_path)
+    env = dict(AUTH_ENV)
+    if transport != "tcp":
+        env |= {
+            "DUO_SIDECAR_SERVER_TLS_CERT_FILE": str(pki.server_cert),
+            "DUO_SIDECAR_SERVER_TLS_KEY_FILE": str(pki.server_key),
+        }
+    if transport == "mtls":
+        env["DUO_SIDECAR_SERVER_TLS_CLIENT_CA_FILE"] = str(pki.ca)
+    sidecar = await start_server("self_managed", env=env)
+    address = f"127.0.0.1:{sidecar.server.port}"
+    if transport == "tcp":
+        channel = grpc.aio.insecure_channel(address)
+    else:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=pki.ca.read_bytes(),
+            private_key=pki.client_key.read_bytes() if transport == "mtls" else None,
+            certificate_chain=pki.client_cert.read_bytes() if transport == "mtls" else None,
+        )
+        channel = grpc.aio.secure_channel(address, credentials)
+    async with channel:
+        await _check_outcomes(channel)
+
+    if transport == "mtls":
+        # Without a client certificate the TLS handshake itself fails.
+        anonymous = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+        async with grpc.aio.secure_channel(address, anonymous) as channel:
+            code, _ = await _code(
+                routing_pb2_grpc.RoutingServiceStub(channel).ResolveModel(
+                    routing_pb2.ResolveModelRequest(user_id=1, feature="duo_chat"),
+                    metadata=_metadata(TOKENS["admin"]()),
+                    timeout=5,
+                )
+            )
+        assert code == grpc.StatusCode.UNAVAILABLE
+    if transport == "tls":
+        # A plaintext client cannot talk to a TLS port.
+        async with grpc.aio.insecure_channel(address) as channel:
+            code, _ = await _code(
+                admin_pb2_grpc.AdminServiceStub(channel).GetServerInfo(admin_pb2.GetServerInfoRequest(), timeout=5)
+            )
+        assert code == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_reflection_follows_the_admin_rule(start_server: StartServer) -> None:
+    sidecar = await start_server("dedicated", env=AUTH_ENV)
+
+    async def list_services(token: str | None) -> grpc.StatusCode:
+        stub = reflection_pb2_grpc.ServerReflectionStub(sidecar.channel)
+        call = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=_metadata(token)
+        )
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        return OK
+
+    assert await list_services(None) == UNAUTHENTICATED
+    assert await list_services(TOKENS["client"]()) == DENIED
+    assert await list_services(TOKENS["admin"]()) == OK
+    opened = await start_server("dedicated", env={**AUTH_ENV, "DUO_SIDECAR_AUTH_REFLECTION": "open"})
+    sidecar = opened
+    assert await list_services(None) == OK
+
+
+async def test_transitioning_mode_lets_calls_through_and_counts_them(start_server: StartServer) -> None:
+    sidecar = await start_server("dedicated", env={**AUTH_ENV, "DUO_SIDECAR_AUTH_TRANSITIONING": "true"})
+    routing = routing_pb2_grpc.RoutingServiceStub(sidecar.channel)
+    answer = await routing.ResolveModel(routing_pb2.ResolveModelRequest(user_id=1, feature="duo_chat"))
+    assert answer.model_identifier
+    await routing.ResolveModel(
+        routing_pb2.ResolveModelRequest(user_id=1, feature="duo_chat"), metadata=_metadata(TOKENS["expired"]())
+    )
+    await routing.ResolveModel(
+        routing_pb2.ResolveModelRequest(user_id=1, feature="duo_chat"), metadata=_metadata(TOKENS["client"]())
+    )
+    assert sidecar.server.auth.failures == {("AUTH_TOKEN_MISSING", False): 1, ("AUTH_TOKEN_EXPIRED", False): 1}
+
+
+async def test_duo_admin_signs_from_a_secret_file(start_server: StartServer, tmp_path: Path) -> None:
+    import asyncio
+    import os
+
+    from tests.helpers import duo_admin_path
+
+    sidecar = await start_server("dedicated", env=AUTH_ENV)
+    secret_file = tmp_path / "admin.secret"
+    secret_file.write_text(ADMIN_SECRET + "\n")
+    base = [duo_admin_path(), "--address", f"127.0.0.1:{sidecar.server.port}"]
+
+    async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            *base,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+        )
+        out, _ = await process.communicate()
+        return process.returncode or 0, out.decode()
+
+    code, out = await run("server-info")
+    assert code == 1 and "UNAUTHENTICATED" in out and "reason: AUTH_TOKEN_MISSING" in out
+    code, out = await run("--secret-file", str(secret_file), "server-info")
+    assert code == 0 and "deployment_type: dedicated" in out
+    code, out = await run("server-info", env={"DUO_ADMIN_SECRET_FILE": str(secret_file)})
+    assert code == 0
+    code, out = await run("server-info", env={"DUO_ADMIN_SECRET": CLIENT_SECRET})
+    assert code == 1 and "PERMISSION_DENIED" in out and "AUTH_WRONG_ROLE" in out
