@@ -57,7 +57,7 @@ ENV PATH=/opt/duo-sidecar/bin:$PATH \
 VOLUME ["/var/lib/duo-sidecar"]
 WORKDIR /var/lib/duo-sidecar
 USER 10001:10001
-# gRPC; Prometheus metrics (reserved: not served yet).
+# gRPC; Prometheus metrics.
 EXPOSE 50051 9236
 
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \

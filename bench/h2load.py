@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -16,6 +17,8 @@ from pathlib import Path
 GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 # Each run opens new connections; let them settle before measuring.
 WARMUP_MS = 500
+# A rate-limited run counts when it reaches this share of the rate asked.
+RATE_TOLERANCE = 0.95
 
 _FINISHED = re.compile(r"finished in [\d.]+\w+, ([\d.]+) req/s")
 _REQUESTS = re.compile(
@@ -104,7 +107,31 @@ def _int_groups(pattern: re.Pattern[str], output: str) -> list[int] | None:
 
 
 def run(url: str, body: Path, load: Load, seconds: float, log_file: Path, cpus: str = "") -> Run:
-    """One timed h2load run, optionally pinned to `cpus`; latencies come from its per-request log."""
+    """One timed h2load run, optionally pinned to `cpus`; latencies come from its per-request log.
+
+    h2load 1.52's --rps now and then stops sending for part or all of a run (seen here with both servers
+    idle), so a rate-limited run that falls short of the rate is run again, at most twice.
+    """
+    result = _run_once(url, body, load, seconds, log_file, cpus)
+    for _retry in range(2):
+        if not _short_of_rate(result, load):
+            return result
+        print(f"    (h2load sent only {result.rps:.0f} req/s of the rate asked; running again)", flush=True)
+        result = _run_once(url, body, load, seconds, log_file, cpus)
+    if _short_of_rate(result, load):
+        asked = f"{result.rps:.0f} of the {(load.rps_per_client or 0) * load.clients:.0f} req/s asked"
+        why = "h2load --rps stalled, or the server is saturated"
+        return dataclasses.replace(result, problem=f"reached {asked} ({why})")
+    return result
+
+
+def _short_of_rate(result: Run, load: Load) -> bool:
+    if load.rps_per_client is None or result.problem:
+        return False
+    return result.rps < RATE_TOLERANCE * load.rps_per_client * load.clients
+
+
+def _run_once(url: str, body: Path, load: Load, seconds: float, log_file: Path, cpus: str) -> Run:
     command = [
         *(["taskset", "--cpu-list", cpus] if cpus else []),
         "h2load",

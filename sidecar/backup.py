@@ -180,11 +180,12 @@ def backup(config: Config, destination: Path, *, force: bool = False) -> tuple[D
     return info, destination
 
 
-def _configured_key_id(config: Config) -> str | None:
+def _configured_key_ids(config: Config) -> frozenset[str]:
+    """Every key of the keyring decrypts, not only the first (a rotation may be half done)."""
     try:
-        return key_id(read_keys(config.storage.token_key_path)[0])
+        return frozenset(key_id(key) for key in read_keys(config.storage.token_key_path))
     except (OSError, ValueError):
-        return None
+        return frozenset()
 
 
 def restore(config: Config, source: Path) -> tuple[DatabaseInfo, Path, list[str]]:
@@ -233,9 +234,9 @@ def restore(config: Config, source: Path) -> tuple[DatabaseInfo, Path, list[str]
         lock.release()
 
     warnings: list[str] = []
-    key_id = _configured_key_id(config) if info.token_key_ids else None
-    if unreadable := sorted(info.token_key_ids - {key_id}):
-        have = f"holds key {key_id}" if key_id else "is missing or unreadable"
+    known = _configured_key_ids(config) if info.token_key_ids else frozenset()
+    if unreadable := sorted(info.token_key_ids - known):
+        have = f"holds key {', '.join(sorted(known))}" if known else "is missing or unreadable"
         warnings.append(
             f"API tokens in the backup are encrypted with key {', '.join(unreadable)} but "
             f"{config.storage.token_key_path} {have}: put the matching token key file there before starting, "

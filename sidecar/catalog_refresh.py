@@ -13,7 +13,7 @@ from pathlib import Path
 from sidecar.catalog import Catalog, CatalogError, bundled_features_metadata, load_catalog, parse_catalog
 from sidecar.completion import Completer
 from sidecar.control import ControlPlane
-from sidecar.errors import DuoError, ErrorCode
+from sidecar.errors import DuoError, ErrorCode, failed_precondition
 from sidecar.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -60,13 +60,21 @@ def startup_catalog(explicit_path: str, cache_path: Path) -> Catalog:
 
 
 class CatalogRefresher:
-    def __init__(self, control: ControlPlane, completer: Completer, cache_path: Path) -> None:
+    def __init__(self, control: ControlPlane, completer: Completer, cache_path: Path, pinned_path: str = "") -> None:
         self.control = control
+        self.pinned_path = pinned_path  # instance.catalog_path: the operator's catalog is never replaced
         self.completer = completer
         self.cache_path = cache_path
         self.refreshed_at = time.time()  # the catalog was loaded at start; later, when last fetched successfully
 
     async def refresh(self) -> RefreshResult:
+        if self.pinned_path:
+            raise failed_precondition(
+                "CATALOG_PINNED",
+                f"the model catalog comes from {self.pinned_path} (instance.catalog_path) and is not refreshed from "
+                "the AI Gateway; edit that file and restart, or unset instance.catalog_path",
+                subject="instance.catalog_path",
+            )
         gateway = self.completer.gateway
         url = gateway.base_url.rstrip("/") + DEFINITIONS_PATH
         headers = gateway.headers(user_id=0, unit_primitive="", namespace_ids=[])

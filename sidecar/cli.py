@@ -15,6 +15,8 @@ from sidecar.config import Config, ConfigError, load_config
 from sidecar.key_rotation import rotate_key
 from sidecar.logs import setup_logging
 from sidecar.server import StartupError, open_store, serve
+from sidecar.store.base import StoreUnavailableError
+from sidecar.store.postgres import redact_dsn
 from sidecar.store.sqlite import DatabaseLockedError, SchemaTooNewError
 from sidecar.tokens import TokenKeyError
 
@@ -30,7 +32,8 @@ async def _migrate(config: Config) -> int:
         version = await store.schema_version()
     finally:
         await store.close()
-    print(f"{store.backend_name} database at {config.storage.path}: schema version {version}")
+    where = redact_dsn(config.storage.dsn) if config.storage.backend == "postgres" else config.storage.path
+    print(f"{store.backend_name} database at {where}: schema version {version}")
     return 0
 
 
@@ -86,7 +89,15 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_rotate_key(config))
         asyncio.run(serve(config))
         return 0
-    except (ConfigError, CatalogError, StartupError, SchemaTooNewError, DatabaseLockedError, TokenKeyError) as exc:
+    except (
+        ConfigError,
+        CatalogError,
+        StartupError,
+        SchemaTooNewError,
+        DatabaseLockedError,
+        StoreUnavailableError,
+        TokenKeyError,
+    ) as exc:
         print(f"duo-sidecar: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

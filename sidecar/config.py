@@ -169,6 +169,20 @@ def _host_port(value: str, where: str) -> None:
             raise ConfigError(f"{where}: {host!r} is not a host name or IP address") from None
 
 
+def _postgres_dsn(dsn: str, where: str) -> None:
+    """A postgresql:// URI (asyncpg reads no key=value DSNs). Never echoed: it may hold a password."""
+    example = "such as postgresql://duo@db.internal:5432/duo_sidecar"
+    if not dsn:
+        raise ConfigError(f"{where}: the postgres backend needs a DSN, {example}")
+    try:
+        url = urlparse(dsn)
+        url.port  # noqa: B018 (parses the port)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: not a valid PostgreSQL URI ({exc}); expected one {example}") from None
+    if url.scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"{where}: expected a postgresql:// URI, {example}")
+
+
 def _validate(config: Config, where: Mapping[str, str]) -> None:
     def at(section: str, key: str) -> str:
         return where.get(f"{section}.{key}", f"{config.source}: [{section}] {key}")
@@ -213,9 +227,12 @@ def _validate(config: Config, where: Mapping[str, str]) -> None:
     if config.storage.backend == "sqlite" and not config.storage.path:
         raise ConfigError(f"{at('storage', 'path')}: the sqlite backend needs a database file path")
     if config.storage.backend == "postgres":
-        raise ConfigError(
-            f"{at('storage', 'backend')}: the postgres backend is not available in this version; use sqlite"
-        )
+        _postgres_dsn(config.storage.dsn, at("storage", "dsn"))
+        if not config.storage.token_key_file:
+            raise ConfigError(
+                f"{at('storage', 'token_key_file')}: the postgres backend needs an explicit token key file, the same "
+                "file on every sidecar sharing the database (the first sidecar creates it; copy it to the others)"
+            )
     if config.log.level not in LOG_LEVELS:
         raise ConfigError(f"{at('log', 'level')}: must be one of {', '.join(LOG_LEVELS)}")
     if config.log.format not in LOG_FORMATS:

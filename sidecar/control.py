@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import urlparse
@@ -30,13 +30,15 @@ from sidecar.errors import DuoError, ErrorCode, failed_precondition, invalid_arg
 from sidecar.policy import feature_info
 from sidecar.snapshot import Snapshot
 from sidecar.store.base import KEEP_TOKEN, KeepToken, Store, StoredState
-from sidecar.tokens import EncryptedToken, Keyring
+from sidecar.tokens import EncryptedToken, Keyring, TokenKeyError
+from sidecar.users import NO_USER_DATA, UserDirectory, UserRouting
 
 MAX_NAME_LENGTH = 255
 MAX_ID_LENGTH = 64
 MAX_ENDPOINT_LENGTH = 2048
 MAX_API_TOKEN_LENGTH = 8192
 MAX_SEAT_CHANGES_PER_BATCH = 10_000
+DEFAULT_USER_CACHE_SIZE = 200_000
 SELF_HOSTED_FIELDS = ("name", "family", "platform", "endpoint", "identifier", "api_token")
 
 
@@ -59,9 +61,6 @@ DEFAULT_NAMESPACES = DeploymentRule("Default GitLab Duo namespaces", (Deployment
 
 
 def build_snapshot(deployment: DeploymentType, catalog: Catalog, state: StoredState) -> Snapshot:
-    seats: dict[int, set[int]] = {}
-    for user_id, namespace_id in state.seats:
-        seats.setdefault(user_id, set()).add(namespace_id)
     pins: dict[int, dict[str, str]] = {}
     for namespace_id, feature, ref in state.namespace_pins:
         pins.setdefault(namespace_id, {})[feature] = ref
@@ -73,8 +72,6 @@ def build_snapshot(deployment: DeploymentType, catalog: Catalog, state: StoredSt
         feature_settings=immutables.Map({s.feature: s for s in state.feature_settings}),
         instance_pins=immutables.Map(state.instance_pins),
         namespace_pins=immutables.Map({ns: immutables.Map(p) for ns, p in pins.items()}),
-        seats=immutables.Map({user: frozenset(ns) for user, ns in seats.items()}),
-        default_namespaces=immutables.Map(state.default_namespaces),
     )
 
 
@@ -110,9 +107,14 @@ class ControlPlane:
         snapshot: Snapshot,
         api_tokens: dict[str, EncryptedToken],
         endpoints: EndpointPolicy,
+        user_cache_size: int = DEFAULT_USER_CACHE_SIZE,
     ) -> None:
         self.store = store
         self.endpoints = endpoints
+        self.users = UserDirectory(store.load_user, user_cache_size)
+        # Every change up to this version is reflected here; later ones come from the change follower.
+        self.synced_version = snapshot.config_version
+        self.on_gap: Callable[[], None] | None = None
         self.keyring = keyring
         self.snapshot = snapshot
         # Encrypted in memory too; decrypted only for the upstream request that needs it.
@@ -136,9 +138,54 @@ class ControlPlane:
         state = await store.load_state()
         return cls(store, keyring, build_snapshot(deployment, catalog, state), state.api_tokens, endpoints)
 
+    def _publish(self, snapshot: Snapshot, version: int) -> None:
+        """Swaps in the snapshot of a change this process committed as `version`.
+
+        A gap before it means another process committed in between: the change follower fills it in.
+        """
+        self.snapshot = snapshot.with_version(max(version, snapshot.config_version))
+        if version == self.synced_version + 1:
+            self.synced_version = version
+        elif self.on_gap is not None:
+            self.on_gap()
+
+    async def reload(self, up_to: int | None = None) -> None:
+        """Rebuilds the snapshot from storage (changes made elsewhere); `up_to` is the last change accounted for."""
+        async with self._publish_lock:
+            state = await self.store.load_state()
+            self.snapshot = build_snapshot(self.snapshot.deployment_type, self.snapshot.catalog, state)
+            self._api_tokens = dict(state.api_tokens)
+            self.synced_version = state.config_version if up_to is None else up_to
+
+    def advance_to(self, version: int) -> None:
+        """Changes up to `version` touched only per-user data, already dropped from the user cache."""
+        self.synced_version = max(self.synced_version, version)
+        if version > self.snapshot.config_version:
+            self.snapshot = self.snapshot.with_version(version)
+
+    async def user_routing(self, user_id: int) -> UserRouting:
+        """A user's seats and default namespace; only GitLab.com routing reads them. Cached: no I/O when warm."""
+        if user_id <= 0 or self.snapshot.deployment_type is not DeploymentType.GITLAB_COM:
+            return NO_USER_DATA
+        return self.users.cached(user_id) or await self.users.get(user_id)
+
     def api_token(self, model_id: str) -> str | None:
         encrypted = self._api_tokens.get(model_id)
-        return self.keyring.decrypt(encrypted, model_id.encode()) if encrypted else None
+        if encrypted is None:
+            return None
+        try:
+            return self.keyring.decrypt(encrypted, model_id.encode())
+        except TokenKeyError as exc:
+            raise failed_precondition(
+                "TOKEN_KEY_UNAVAILABLE",
+                f"the API token of self-hosted model {model_id} cannot be decrypted: {exc}. Restore the key file "
+                "from backup, or set the token again (duo-admin models update ID --api-token-file PATH)",
+                subject=f"selfHostedModels/{model_id}",
+            ) from None
+
+    def undecryptable_tokens(self) -> list[str]:
+        """Models whose stored API token no key of the keyring opens (a lost or replaced key file)."""
+        return sorted(m for m, e in self._api_tokens.items() if not self.keyring.has_key(e.key_id))
 
     def _remember_token(self, model_id: str, token: EncryptedToken | KeepToken | None) -> None:
         if isinstance(token, EncryptedToken):
@@ -266,7 +313,7 @@ class ControlPlane:
                     "",
                     _audit_json(model.audit_view()),
                 )
-            self.snapshot = self.snapshot.with_self_hosted_model(model_id, model).with_version(version)
+            self._publish(self.snapshot.with_self_hosted_model(model_id, model), version)
             self._remember_token(model_id, token)
         return model, version
 
@@ -331,7 +378,7 @@ class ControlPlane:
                     _audit_json(before.audit_view()),
                     _audit_json(updated.audit_view()),
                 )
-            self.snapshot = self.snapshot.with_self_hosted_model(model_id, updated).with_version(version)
+            self._publish(self.snapshot.with_self_hosted_model(model_id, updated), version)
             self._remember_token(model_id, token)
         return updated, version
 
@@ -366,18 +413,23 @@ class ControlPlane:
                     _audit_json(before.audit_view()),
                     "",
                 )
-            self.snapshot = self.snapshot.with_self_hosted_model(model_id, None).with_version(version)
+            self._publish(self.snapshot.with_self_hosted_model(model_id, None), version)
             self._remember_token(model_id, None)
         return version
 
     # -- feature settings (Self-Managed) ----------------------------------------------------------
 
-    def feature_setting(self, feature: str) -> tuple[FeatureSetting, bool]:
-        """The feature's stored setting, or the vendored default; and whether it was set explicitly."""
-        stored = self.snapshot.feature_settings.get(feature)
+    def feature_setting(self, info: FeatureInfo) -> tuple[FeatureSetting, bool]:
+        """The setting that applies to the feature (its own, else its parent's, else vendored), and whether
+        the feature has one of its own."""
+        settings = self.snapshot.feature_settings
+        stored = settings.get(info.name)
         if stored is not None:
             return stored, True
-        return FeatureSetting(feature, FeatureProvider.VENDORED), False
+        inherited = settings.get(info.parent) if info.parent else None
+        if inherited is not None:
+            return FeatureSetting(info.name, inherited.provider, inherited.self_hosted_model_id), False
+        return FeatureSetting(info.name, FeatureProvider.VENDORED), False
 
     async def update_feature_setting(
         self, actor: str, feature: str, provider: FeatureProvider, model_id: str
@@ -410,7 +462,7 @@ class ControlPlane:
                     _audit_json(before.audit_view() if before else None),
                     _audit_json(setting.audit_view()),
                 )
-            self.snapshot = self.snapshot.with_feature_setting(info.name, setting).with_version(version)
+            self._publish(self.snapshot.with_feature_setting(info.name, setting), version)
         return setting, version
 
     # -- model selection --------------------------------------------------------------------------
@@ -430,7 +482,7 @@ class ControlPlane:
                     _audit_json({"offered_model_ref": before} if before else None),
                     _audit_json({"offered_model_ref": ref} if ref else None),
                 )
-            self.snapshot = self.snapshot.with_instance_pin(info.name, ref or None).with_version(version)
+            self._publish(self.snapshot.with_instance_pin(info.name, ref or None), version)
         return version
 
     async def update_namespace_selection(self, actor: str, namespace_id: int, feature: str, ref: str) -> int:
@@ -449,7 +501,7 @@ class ControlPlane:
                     _audit_json({"offered_model_ref": before} if before else None),
                     _audit_json({"offered_model_ref": ref} if ref else None),
                 )
-            self.snapshot = self.snapshot.with_namespace_pin(namespace_id, info.name, ref or None).with_version(version)
+            self._publish(self.snapshot.with_namespace_pin(namespace_id, info.name, ref or None), version)
         return version
 
     # -- seats and default namespaces (GitLab.com) --------------------------------------------------
@@ -482,7 +534,8 @@ class ControlPlane:
                         }
                     ),
                 )
-            self.snapshot = self.snapshot.with_seat_changes(effective).with_version(version)
+            self.users.apply_seat_changes(effective)
+            self._publish(self.snapshot, version)
         return SeatSyncResult(assigned, len(effective) - assigned, len(changes) - len(effective), version)
 
     async def set_default_namespace(self, actor: str, user_id: int, namespace_id: int) -> int:
@@ -501,6 +554,8 @@ class ControlPlane:
                         metadata={"user_id": str(user_id), "namespace_id": str(namespace_id)},
                     )
                 before = await tx.get_default_namespace(user_id)
+                if before == namespace_id:
+                    return self.snapshot.config_version  # nothing to change, nothing to audit
                 await tx.set_default_namespace(user_id, namespace_id)
                 version = await tx.record_change(
                     actor,
@@ -509,7 +564,8 @@ class ControlPlane:
                     _audit_json({"namespace_id": before} if before else None),
                     _audit_json({"namespace_id": namespace_id} if namespace_id else None),
                 )
-            self.snapshot = self.snapshot.with_default_namespace(user_id, namespace_id).with_version(version)
+            self.users.set_default_namespace(user_id, namespace_id)
+            self._publish(self.snapshot, version)
         return version
 
 

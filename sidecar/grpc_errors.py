@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,6 +17,7 @@ from grpc_status import rpc_status
 
 from sidecar.errors import ERROR_DOMAIN, DuoError, ErrorCode
 from sidecar.logs import note_error_reason
+from sidecar.store import STORAGE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ async def errors_as_status(context: grpc.aio.ServicerContext, rpc: str) -> Async
     except DuoError as error:
         note_error_reason(error.reason)  # for the RPC's access log line
         await context.abort_with_status(status_for(error))
-    except sqlite3.Error as exc:
+    except STORAGE_ERRORS as exc:
         log.exception("storage error in %s", rpc)
         unavailable = _storage_unavailable(exc)
         note_error_reason(unavailable.reason)

@@ -17,14 +17,15 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import time
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 import grpc
 
 from sidecar.logs import RpcLogContext, current_rpc
-from sidecar.metrics import GRPC_CODE_NAMES, MethodMetrics, Metrics
+from sidecar.metrics import GRPC_CODE_NAMES, GRPC_SECONDS_BOUNDS, MethodMetrics, Metrics
 
 log = logging.getLogger("sidecar.access")
 
@@ -54,81 +55,80 @@ def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.Stat
     return grpc.StatusCode.UNKNOWN
 
 
-class _Call:
-    """Per-RPC bookkeeping shared by the four handler shapes."""
+def _access(method: MethodMetrics, rpc: RpcLogContext, level: int, code: grpc.StatusCode, elapsed: float) -> None:
+    """The access log line of one call (the caller checked that `level` is enabled)."""
+    name = f"{method.service}/{method.name}"
+    code_name = GRPC_CODE_NAMES.get(code, "Unknown")
+    duration_ms = round(elapsed * 1000, 3)
+    extra: dict[str, Any] = {
+        "correlation_id": rpc.correlation_id,
+        "rpc": name,
+        "grpc_type": method.type,
+        "code": code_name,
+        "duration_ms": duration_ms,
+    }
+    if rpc.error_reason:
+        extra["reason"] = rpc.error_reason
+    log.log(level, "%s %s %.3f ms", name, code_name, duration_ms, extra=extra)
 
-    __slots__ = ("context", "method", "quiet", "rpc", "start", "token")
 
-    def __init__(self, method: MethodMetrics, quiet: bool, context: grpc.aio.ServicerContext) -> None:
-        method.started.inc()
-        self.method = method
-        self.quiet = quiet
-        self.context = context
-        self.rpc = RpcLogContext(context)
-        self.token = current_rpc.set(self.rpc)
-        self.start = time.perf_counter()
-
-    def finish(self, code: grpc.StatusCode | None) -> None:
-        elapsed = time.perf_counter() - self.start
-        method = self.method
-        method.seconds.observe(elapsed)
-        if code is None or code is grpc.StatusCode.OK:
-            method.ok.inc()
-            self._access(logging.DEBUG if self.quiet else logging.INFO, grpc.StatusCode.OK, elapsed)
-        else:
-            method.handled_child(code).inc()
-            self._access(logging.WARNING if code in _SERVER_ERRORS else logging.INFO, code, elapsed)
-        with contextlib.suppress(ValueError):  # a generator finalized in another context
-            current_rpc.reset(self.token)
-
-    def failed(self, exc: BaseException) -> None:
-        self.finish(_code_of(exc, self.context))
-
-    def returned(self) -> None:
-        self.finish(self.context.code())
-
-    def _access(self, level: int, code: grpc.StatusCode, elapsed: float) -> None:
-        if not log.isEnabledFor(level):
-            return
-        method = self.method
-        rpc = f"{method.service}/{method.name}"
-        name = GRPC_CODE_NAMES.get(code, "Unknown")
-        duration_ms = round(elapsed * 1000, 3)
-        extra: dict[str, Any] = {
-            "correlation_id": self.rpc.correlation_id,
-            "rpc": rpc,
-            "grpc_type": method.type,
-            "code": name,
-            "duration_ms": duration_ms,
-        }
-        if self.rpc.error_reason:
-            extra["reason"] = self.rpc.error_reason
-        log.log(level, "%s %s %.3f ms", rpc, name, duration_ms, extra=extra)
+def _finish(
+    method: MethodMetrics, rpc: RpcLogContext, quiet: bool, code: grpc.StatusCode | None, elapsed: float
+) -> None:
+    """Counts a finished call and writes its access line; `code` None or OK is a success."""
+    method.observe(elapsed)
+    if code is None or code is grpc.StatusCode.OK:
+        method.ok += 1
+        level = logging.DEBUG if quiet else logging.INFO
+        code = grpc.StatusCode.OK
+    else:
+        method.handled(code)
+        level = logging.WARNING if code in _SERVER_ERRORS else logging.INFO
+    if log.isEnabledFor(level):
+        _access(method, rpc, level, code, elapsed)
 
 
 async def _count(requests: AsyncIterator[Any], method: MethodMetrics) -> AsyncIterator[Any]:
     async for request in requests:
-        method.received.inc()
+        method.received += 1
         yield request
 
 
 def _wrap(handler: Any, method: MethodMetrics, quiet: bool) -> Any:
-    """A handler of the same shape whose behavior records metrics and the access log around the original."""
+    """A handler of the same shape whose behavior records metrics and the access log around the original.
+
+    Each behavior sets the RPC's log context (correlation id) for every line logged while it runs."""
     codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
 
     if handler.unary_unary is not None:
         unary_unary: Callable[..., Awaitable[Any]] = handler.unary_unary
+        debug = logging.DEBUG
 
+        # The hot path (ResolveModel): written out, no helper calls on success unless the line is logged.
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            method.received.inc()
-            call = _Call(method, quiet, context)
+            method.started += 1
+            method.received += 1
+            rpc = RpcLogContext(context)
+            token = current_rpc.set(rpc)
+            start = perf_counter()
             try:
                 response = await unary_unary(request, context)
             except BaseException as exc:
-                call.failed(exc)
+                _finish(method, rpc, quiet, _code_of(exc, context), perf_counter() - start)
+                current_rpc.reset(token)
                 raise
-            method.sent.inc()
-            call.returned()
+            elapsed = perf_counter() - start
+            code = context.code()
+            method.sent += 1
+            if code is None and quiet:
+                method.buckets[bisect_left(GRPC_SECONDS_BOUNDS, elapsed)] += 1
+                method.seconds_sum += elapsed
+                method.ok += 1
+                if log.isEnabledFor(debug):
+                    _access(method, rpc, debug, grpc.StatusCode.OK, elapsed)
+            else:
+                _finish(method, rpc, quiet, code, elapsed)
+            current_rpc.reset(token)
             return response
 
         return grpc.unary_unary_rpc_method_handler(unary, **codec)
@@ -137,14 +137,19 @@ def _wrap(handler: Any, method: MethodMetrics, quiet: bool) -> Any:
         stream_unary: Callable[..., Awaitable[Any]] = handler.stream_unary
 
         async def client_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            call = _Call(method, quiet, context)
+            method.started += 1
+            rpc = RpcLogContext(context)
+            token = current_rpc.set(rpc)
+            start = perf_counter()
             try:
                 response = await stream_unary(_count(requests, method), context)
             except BaseException as exc:
-                call.failed(exc)
+                _finish(method, rpc, quiet, _code_of(exc, context), perf_counter() - start)
+                current_rpc.reset(token)
                 raise
-            method.sent.inc()
-            call.returned()
+            method.sent += 1
+            _finish(method, rpc, quiet, context.code(), perf_counter() - start)
+            current_rpc.reset(token)
             return response
 
         return grpc.stream_unary_rpc_method_handler(client_stream, **codec)
@@ -156,39 +161,54 @@ def _wrap(handler: Any, method: MethodMetrics, quiet: bool) -> Any:
     if inspect.isasyncgenfunction(streaming):
 
         async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            method.started += 1
             if bidi:
                 request = _count(request, method)
             else:
-                method.received.inc()
-            call = _Call(method, quiet, context)
+                method.received += 1
+            rpc = RpcLogContext(context)
+            token = current_rpc.set(rpc)
+            start = perf_counter()
             try:
                 async with contextlib.aclosing(streaming(request, context)) as responses:
                     async for response in responses:
-                        method.sent.inc()
+                        method.sent += 1
                         yield response
             except BaseException as exc:
-                call.failed(exc)
+                _finish(method, rpc, quiet, _code_of(exc, context), perf_counter() - start)
+                _reset(token)
                 raise
-            call.returned()
+            _finish(method, rpc, quiet, context.code(), perf_counter() - start)
+            _reset(token)
 
         return make(generator, **codec)
 
     # Writes through context.write (health's Watch): sent messages are not counted.
     async def writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        method.started += 1
         if bidi:
             request = _count(request, method)
         else:
-            method.received.inc()
-        call = _Call(method, quiet, context)
+            method.received += 1
+        rpc = RpcLogContext(context)
+        token = current_rpc.set(rpc)
+        start = perf_counter()
         try:
             result = await streaming(request, context)
         except BaseException as exc:
-            call.failed(exc)
+            _finish(method, rpc, quiet, _code_of(exc, context), perf_counter() - start)
+            current_rpc.reset(token)
             raise
-        call.returned()
+        _finish(method, rpc, quiet, context.code(), perf_counter() - start)
+        current_rpc.reset(token)
         return result
 
     return make(writer, **codec)
+
+
+def _reset(token: Any) -> None:
+    with contextlib.suppress(ValueError):  # a generator finalized from another context
+        current_rpc.reset(token)
 
 
 class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -212,7 +232,6 @@ class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
         method = self._methods.get(path)
         if method is None:
             return handler  # not a method of a registered service: not counted, keeps labels bounded
-        method.activate()
         wrapped = _wrap(handler, method, path in self._quiet)
         self._wrapped[path] = (handler, wrapped)
         return wrapped

@@ -4,17 +4,22 @@ Cardinality is bounded by construction: no user, namespace, request or token lab
 from the catalog, model labels from the catalog and the registered self-hosted models, gRPC method labels
 from the registered services; anything else is `other`. docs/sre.md describes every metric.
 
-Hot-path cost: the labelled children the gRPC interceptor and ResolveModel use are created once (per method
-at start, per feature/provider/source on first use) and kept in plain dicts, so a call does no label lookup.
-State that can be read (config version, breakers, in-flight counts) is read at scrape time instead.
+Hot-path cost: what every call records (the grpc_server_* metrics, duo_routing_resolutions_total) lives in
+plain per-method and per-series objects created once (per method at start, per feature/provider/source on
+first use); a call bumps their attributes on the event loop, with no label lookup and no lock, and the
+collectors turn them into samples at scrape time: about 1.5 us a call on the bench machines. State that can be
+read (config version, breakers, in-flight counts) is read at scrape time. Less frequent events (Complete,
+errors, auth failures) use ordinary prometheus_client metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,11 +28,12 @@ import prometheus_client
 from aiohttp import web
 from google.protobuf.descriptor import ServiceDescriptor
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, exposition
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from sidecar import __version__
 from sidecar.domain import Platform, Provider
@@ -69,6 +75,8 @@ GRPC_SECONDS_BUCKETS = (
     30.0,
     60.0,
 )
+GRPC_SECONDS_BOUNDS = (*GRPC_SECONDS_BUCKETS, math.inf)
+_GRPC_SECONDS_LE = tuple(floatToGoString(b) for b in GRPC_SECONDS_BOUNDS)  # type: ignore[no-untyped-call]
 OVERHEAD_SECONDS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 # OpenTelemetry GenAI semantic conventions' advice for gen_ai.client.operation.duration and token usage.
 GENAI_SECONDS_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
@@ -121,88 +129,140 @@ def grpc_type(client_streaming: bool, server_streaming: bool) -> str:
 
 
 class MethodMetrics:
-    """The labelled children of one gRPC method, created once; the interceptor only calls inc/observe."""
+    """One gRPC method's counts, as plain numbers bumped on the event loop and turned into samples at scrape
+    time (GrpcServerMetrics.collect): the interceptor does attribute increments, no label lookup and no lock."""
 
     __slots__ = (
-        "_metrics",
-        "handled",
+        "buckets",
+        "errors",
+        "full",
         "name",
         "ok",
         "path",
         "received",
-        "seconds",
+        "seconds_sum",
         "sent",
         "service",
         "started",
         "type",
     )
 
-    def __init__(self, metrics: GrpcServerMetrics, service: str, name: str, kind: str) -> None:
+    def __init__(self, service: str, name: str, kind: str) -> None:
         self.service = service
         self.name = name
         self.type = kind
         self.path = f"/{service}/{name}"
-        labels = (kind, service, name)
-        self.started = metrics.started.labels(*labels)
-        self.received = metrics.received.labels(*labels)
-        self.sent = metrics.sent.labels(*labels)
-        full = service in FULLY_INITIALIZED_SERVICES
-        # The histogram is 21 series a method: the rarely called methods get theirs on first use (activate).
-        self.seconds: Any = metrics.seconds.labels(*labels) if full else None
-        codes = GRPC_CODE_NAMES.values() if full else ("OK",)
-        by_name = {code: metrics.handled.labels(*labels, code) for code in codes}
-        self.ok = by_name["OK"]
-        self.handled: dict[grpc.StatusCode, Any] = {
-            status: by_name[code] for status, code in GRPC_CODE_NAMES.items() if code in by_name
-        }
-        self._metrics = metrics
+        self.full = service in FULLY_INITIALIZED_SERVICES
+        self.started = 0
+        self.received = 0
+        self.sent = 0
+        self.ok = 0
+        self.errors: dict[grpc.StatusCode, int] = {}
+        self.buckets = [0] * len(GRPC_SECONDS_BOUNDS)
+        self.seconds_sum = 0.0
 
-    def activate(self) -> None:
-        """Creates what was left for the first call; the interceptor calls it once, when it wraps the method."""
-        if self.seconds is None:
-            self.seconds = self._metrics.seconds.labels(self.type, self.service, self.name)
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(GRPC_SECONDS_BOUNDS, seconds)] += 1
+        self.seconds_sum += seconds
 
-    def handled_child(self, code: grpc.StatusCode) -> Any:
-        child = self.handled.get(code)
-        if child is None:
-            child = self._metrics.handled.labels(self.type, self.service, self.name, GRPC_CODE_NAMES[code])
-            self.handled[code] = child
-        return child
+    def handled(self, code: grpc.StatusCode) -> None:
+        """Counts a call that ended with `code` other than OK (OK: `ok += 1`)."""
+        self.errors[code] = self.errors.get(code, 0) + 1
 
 
-class GrpcServerMetrics:
+class GrpcServerMetrics(Collector):
     """go-grpc-prometheus / py-grpc-prometheus server metrics, under their usual names and labels."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ("grpc_type", "grpc_service", "grpc_method")
-        self.started = Counter("grpc_server_started_total", "RPCs started on the server.", labels, registry=registry)
-        self.handled = Counter(
-            "grpc_server_handled_total",
-            "RPCs completed on the server, regardless of success or failure.",
-            (*labels, "grpc_code"),
-            registry=registry,
-        )
-        self.received = Counter(
-            "grpc_server_msg_received_total", "RPC stream messages received on the server.", labels, registry=registry
-        )
-        self.sent = Counter(
-            "grpc_server_msg_sent_total", "gRPC stream messages sent by the server.", labels, registry=registry
-        )
-        self.seconds = Histogram(
-            "grpc_server_handling_seconds",
-            "Response latency (seconds) of gRPC that had been application-level handled by the server.",
-            labels,
-            registry=registry,
-            buckets=GRPC_SECONDS_BUCKETS,
-        )
+    LABELS = ("grpc_type", "grpc_service", "grpc_method")
+
+    def __init__(self) -> None:
         self.methods: dict[str, MethodMetrics] = {}
 
     def register_services(self, services: Iterable[ServiceDescriptor]) -> None:
         for service in services:
             for method in service.methods:
                 kind = grpc_type(method.client_streaming, method.server_streaming)
-                entry = MethodMetrics(self, service.full_name, method.name, kind)
+                entry = MethodMetrics(service.full_name, method.name, kind)
                 self.methods[entry.path] = entry
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        labels = list(self.LABELS)
+        started = CounterMetricFamily("grpc_server_started_total", "RPCs started on the server.", labels=labels)
+        handled = CounterMetricFamily(
+            "grpc_server_handled_total",
+            "RPCs completed on the server, regardless of success or failure.",
+            labels=[*labels, "grpc_code"],
+        )
+        received = CounterMetricFamily(
+            "grpc_server_msg_received_total", "RPC stream messages received on the server.", labels=labels
+        )
+        sent = CounterMetricFamily(
+            "grpc_server_msg_sent_total", "gRPC stream messages sent by the server.", labels=labels
+        )
+        seconds = HistogramMetricFamily(
+            "grpc_server_handling_seconds",
+            "Response latency (seconds) of gRPC that had been application-level handled by the server.",
+            labels=labels,
+        )
+        for m in self.methods.values():
+            values = [m.type, m.service, m.name]
+            started.add_metric(values, m.started)
+            received.add_metric(values, m.received)
+            sent.add_metric(values, m.sent)
+            handled.add_metric([*values, "OK"], m.ok)
+            # RoutingService has every code from the start, so error ratios exist before the first error;
+            # other methods show the codes they have returned.
+            for code, code_name in GRPC_CODE_NAMES.items():
+                if code is not grpc.StatusCode.OK and (m.full or code in m.errors):
+                    handled.add_metric([*values, code_name], m.errors.get(code, 0))
+            count = sum(m.buckets)
+            if m.full or count:  # the histogram is 21 series: rarely called methods show it once called
+                cumulative, acc = [], 0
+                for le, n in zip(_GRPC_SECONDS_LE, m.buckets, strict=True):
+                    acc += n
+                    cumulative.append((le, acc))
+                seconds.add_metric(values, cumulative, m.seconds_sum)
+        yield started
+        yield handled
+        yield received
+        yield sent
+        yield seconds
+
+
+class Count:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class FastCounter(Collector):
+    """A labelled counter for the hot path: each series is a plain number bumped on the event loop
+    (`child.value += 1`), turned into samples at scrape time."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = list(labelnames)
+        self.series: dict[tuple[str, ...], Count] = {}
+
+    def child(self, *values: str) -> Count:
+        count = self.series.get(values)
+        if count is None:
+            count = self.series[values] = Count()
+        return count
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, count in self.series.items():
+            family.add_metric(list(values), count.value)
+        yield family
 
 
 class UpstreamCall:
@@ -262,15 +322,16 @@ class Metrics:
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
         GCCollector(registry=registry)
-        self.grpc = GrpcServerMetrics(registry)
+        self.grpc = GrpcServerMetrics()
+        registry.register(self.grpc)
 
         # -- routing --------------------------------------------------------------------------------------
-        self.resolutions = Counter(
+        self.resolutions = FastCounter(
             "duo_routing_resolutions_total",
             "Successful routing decisions (ResolveModel and Complete) by requested feature, provider and rule.",
             ("feature", "provider", "source"),
-            registry=registry,
         )
+        registry.register(self.resolutions)
         self.default_namespace_required = Counter(
             "duo_routing_default_namespace_required_total",
             "Requests refused with DEFAULT_NAMESPACE_REQUIRED: a multi-seat user has no default Duo namespace.",
@@ -340,7 +401,7 @@ class Metrics:
             buckets=GENAI_TOKEN_BUCKETS,
         )
 
-        self._resolution_children: dict[tuple[str, Provider, Any], Any] = {}
+        self._resolution_children: dict[tuple[str, Provider, Any], Count] = {}
         self._state = _StateCollector()
         registry.register(self._state)
 
@@ -383,14 +444,14 @@ class Metrics:
         child = self._resolution_children.get(key)
         if child is None:
             child = self._resolution_child(key)
-        child.inc()
+        child.value += 1
         if resolution.pinned_model_unavailable:
             self.pinned_model_unavailable.labels(self.feature_label(feature)).inc()
 
-    def _resolution_child(self, key: tuple[str, Provider, Any]) -> Any:
+    def _resolution_child(self, key: tuple[str, Provider, Any]) -> Count:
         feature, provider, source = key
         label = self.feature_label(feature)
-        child = self.resolutions.labels(label, provider.name.lower(), source.name.lower())
+        child = self.resolutions.child(label, provider.name.lower(), source.name.lower())
         if label != OTHER:  # only catalog features are remembered: the dict stays as small as the label set
             self._resolution_children[key] = child
         return child

@@ -13,6 +13,7 @@ from sidecar.catalog import FeatureInfo
 from sidecar.domain import DeploymentType, FeatureProvider, Provider, SelectionSource, SelfHostedModel
 from sidecar.errors import DuoError, ErrorCode, PreconditionViolation, invalid_argument
 from sidecar.snapshot import Snapshot
+from sidecar.users import NO_USER_DATA, UserRouting
 
 T = TypeVar("T")
 
@@ -97,9 +98,9 @@ def choose(pins: Mapping[str, str] | None, info: FeatureInfo) -> Choice:
     return Choice(info.default_model, effective_feature, pinned=False, pinned_model_unavailable=True)
 
 
-def user_defaults(snapshot: Snapshot, user_id: int) -> UserDefaults:
-    seats = snapshot.seats_of(user_id)
-    explicit = snapshot.default_namespaces.get(user_id, 0)
+def user_defaults(user: UserRouting) -> UserDefaults:
+    seats = user.seats
+    explicit = user.default_namespace
     valid = explicit != 0 and explicit in seats
     if valid:
         effective = explicit
@@ -116,8 +117,13 @@ def user_defaults(snapshot: Snapshot, user_id: int) -> UserDefaults:
     )
 
 
-def resolve(snapshot: Snapshot, user_id: int, feature: str, root_namespace_id: int) -> Resolution:
-    """Applies the routing rules; raises DuoError for invalid input or DEFAULT_NAMESPACE_REQUIRED."""
+def resolve(
+    snapshot: Snapshot, user_id: int, feature: str, root_namespace_id: int, user: UserRouting = NO_USER_DATA
+) -> Resolution:
+    """Applies the routing rules; raises DuoError for invalid input or DEFAULT_NAMESPACE_REQUIRED.
+
+    `user` is the user's seats and default namespace; only GitLab.com reads it.
+    """
     if user_id <= 0:
         raise invalid_argument("user_id", f"user_id must be a positive GitLab user id, got {user_id}")
     if root_namespace_id < 0:
@@ -127,7 +133,7 @@ def resolve(snapshot: Snapshot, user_id: int, feature: str, root_namespace_id: i
         )
     info = feature_info(snapshot, feature)
     if snapshot.deployment_type is DeploymentType.GITLAB_COM:
-        return _resolve_gitlab_com(snapshot, user_id, info, root_namespace_id)
+        return _resolve_gitlab_com(snapshot, user_id, user, info, root_namespace_id)
     return _resolve_instance(snapshot, info)
 
 
@@ -152,8 +158,10 @@ def _catalog_resolution(
     )
 
 
-def _resolve_gitlab_com(snapshot: Snapshot, user_id: int, info: FeatureInfo, root_namespace_id: int) -> Resolution:
-    defaults = user_defaults(snapshot, user_id)
+def _resolve_gitlab_com(
+    snapshot: Snapshot, user_id: int, user: UserRouting, info: FeatureInfo, root_namespace_id: int
+) -> Resolution:
+    defaults = user_defaults(user)
     if root_namespace_id:
         choice = choose(snapshot.namespace_pins.get(root_namespace_id), info)
         return _catalog_resolution(

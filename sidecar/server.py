@@ -13,7 +13,9 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from sidecar.auth import AuthInterceptor, Secrets
+from sidecar.catalog import Catalog
 from sidecar.catalog_refresh import CatalogRefresher, startup_catalog
+from sidecar.changes import ChangeFollower
 from sidecar.completion import Completer
 from sidecar.config import Config
 from sidecar.control import ControlPlane
@@ -25,6 +27,7 @@ from sidecar.health_probe import StoreProbe
 from sidecar.metrics import Metrics, MetricsServer
 from sidecar.servicers import AdminServicer, RoutingServicer
 from sidecar.store.base import Store
+from sidecar.store.postgres import PostgresStore
 from sidecar.store.sqlite import SQLiteStore
 from sidecar.tokens import Keyring
 from sidecar.upstream.targets import GatewaySettings
@@ -77,6 +80,8 @@ def server_credentials(config: Config) -> grpc.ServerCredentials | None:
 
 
 def open_store(config: Config) -> Store:
+    if config.storage.backend == "postgres":
+        return PostgresStore(config.storage.dsn)
     return SQLiteStore(Path(config.storage.path))
 
 
@@ -90,6 +95,7 @@ class Sidecar:
         self.completer: Completer | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
+        self._follow_tasks: list[asyncio.Task[None]] = []
         self.port = 0
         # One registry per sidecar: tests run several in one process.
         self.metrics = Metrics()
@@ -101,17 +107,39 @@ class Sidecar:
         instance = self.config.instance
         catalog = startup_catalog(instance.catalog_path, self.config.storage.data_dir / "catalog.json")
         await self.store.open()
-        cipher = Keyring.open(self.config.storage.token_key_path)
+        try:
+            return await self._start_on_open_store(catalog)
+        except BaseException:
+            # Nothing may keep the process alive after a failed start: close what was opened.
+            await self.metrics_server.stop()
+            await self.store.close()
+            raise
+
+    async def _start_on_open_store(self, catalog: Catalog) -> int:
+        instance = self.config.instance
+        try:
+            cipher = Keyring.open(self.config.storage.token_key_path)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"token key file (storage.token_key_file): {exc}") from None
         endpoints = EndpointPolicy(parse_cidrs(self.config.upstream.allowed_cidrs))
         self.control = await ControlPlane.load(self.store, cipher, instance.deployment, catalog, endpoints)
+        lost = self.control.undecryptable_tokens()
+        if lost:
+            log.error(
+                "the API tokens of self-hosted models %s cannot be decrypted with %s (a lost or replaced key file): "
+                "requests to them fail until the key file is restored or the tokens are set again",
+                ", ".join(lost),
+                self.config.storage.token_key_path,
+            )
         self.completer = Completer(self.config.upstream, gateway_settings(self.config), self.control)
-        self.refresher = CatalogRefresher(self.control, self.completer, self.config.storage.data_dir / "catalog.json")
+        self.refresher = CatalogRefresher(
+            self.control, self.completer, self.config.storage.data_dir / "catalog.json", instance.catalog_path
+        )
         refresh_seconds = 0.0 if instance.catalog_path else instance.catalog_refresh_seconds
         self.metrics.observe(self.control, self.completer, self.refresher, refresh_seconds, GRPC_SERVICES)
         try:
             self.metrics_port = await self.metrics_server.start(self.config.metrics.listen)
         except OSError as exc:
-            await self.store.close()
             listen = self.config.metrics.listen
             raise StartupError(f"cannot serve metrics on {listen} (metrics.listen): {exc}") from None
 
@@ -162,8 +190,6 @@ class Sidecar:
             else:
                 self.port = server.add_secure_port(self.config.server.listen, credentials)
         except RuntimeError as exc:
-            await self.metrics_server.stop()
-            await self.store.close()
             raise StartupError(f"cannot listen on {self.config.server.listen}: {exc}") from None
         await server.start()
         self.server = server
@@ -173,6 +199,13 @@ class Sidecar:
             self.store, self.health, HEALTH_NAMES, self.config.storage.probe_interval_seconds, self.metrics
         )
         self._probe_task = asyncio.create_task(probe.run())
+        # Changes committed by other sidecars, workers or CLI commands sharing the store.
+        self.follower = ChangeFollower(self.control)
+        self.control.on_gap = self.follower.changed
+        self._follow_tasks = [
+            asyncio.create_task(self.store.watch(self.follower.changed)),
+            asyncio.create_task(self.follower.run()),
+        ]
         # An explicit catalog file is the operator's choice; only the default catalog follows the AI Gateway.
         if instance.catalog_refresh_seconds and not instance.catalog_path:
             self._refresh_task = asyncio.create_task(self.refresher.run_periodically(instance.catalog_refresh_seconds))
@@ -196,6 +229,9 @@ class Sidecar:
         if self._probe_task is not None:
             self._probe_task.cancel()
             self._probe_task = None
+        for task in self._follow_tasks:
+            task.cancel()
+        self._follow_tasks = []
         await self.health.enter_graceful_shutdown()
         if self._refresh_task is not None:
             self._refresh_task.cancel()

@@ -32,6 +32,7 @@ from sidecar.metrics import Metrics, error_outcome, interrupted_outcome
 from sidecar.paging import decode_token, encode_token, page_size, paginate
 from sidecar.snapshot import Snapshot
 from sidecar.upstream.base import TextDelta
+from sidecar.users import UserRouting
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +127,14 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
         self._log_prompts = log_prompts
 
     def _resolve(
-        self, snapshot: Snapshot, request: routing_pb2.ResolveModelRequest | routing_pb2.CompleteRequest
+        self,
+        snapshot: Snapshot,
+        user: UserRouting,
+        request: routing_pb2.ResolveModelRequest | routing_pb2.CompleteRequest,
     ) -> policy.Resolution:
         """policy.resolve, counted here: the policy itself stays pure."""
         try:
-            resolution = policy.resolve(snapshot, request.user_id, request.feature, request.root_namespace_id)
+            resolution = policy.resolve(snapshot, request.user_id, request.feature, request.root_namespace_id, user)
         except DuoError as error:
             self._metrics.resolve_failed(request.feature, error)
             raise
@@ -141,15 +145,17 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
     async def ResolveModel(
         self, request: routing_pb2.ResolveModelRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.ResolveModelResponse:
-        return resolution_to_proto(self._resolve(self._control.snapshot, request))
+        user = await self._control.user_routing(request.user_id)
+        return resolution_to_proto(self._resolve(self._control.snapshot, user, request))
 
     async def Complete(
         self, request: routing_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[routing_pb2.CompleteResponse]:
         started = time.perf_counter()
         async with errors_as_status(context, "Complete"):
+            user = await self._control.user_routing(request.user_id)
             snapshot = self._control.snapshot
-            resolution = self._resolve(snapshot, request)
+            resolution = self._resolve(snapshot, user, request)
             params = request.parameters
             work = completion_input(
                 request.user_id,
@@ -298,7 +304,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     # -- feature settings -----------------------------------------------------------------------
 
     def _feature_setting(self, info: FeatureInfo) -> admin_pb2.FeatureSetting:
-        setting, explicit = self._control.feature_setting(info.name)
+        setting, explicit = self._control.feature_setting(info)
         return admin_pb2.FeatureSetting(
             feature=info.name,
             title=info.title,
@@ -533,13 +539,16 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.GetUserRoutingStatusResponse:
         if request.user_id <= 0:
             raise invalid_argument("user_id", f"user_id must be positive, got {request.user_id}")
+        user = await self._control.user_routing(request.user_id)
         snapshot = self._control.snapshot
-        defaults = policy.user_defaults(snapshot, request.user_id)
+        defaults = policy.user_defaults(user)
         features = []
         for name in snapshot.catalog.features:
             status = admin_pb2.FeatureRoutingStatus(feature=name)
             try:
-                status.resolution.CopyFrom(resolution_to_proto(policy.resolve(snapshot, request.user_id, name, 0)))
+                status.resolution.CopyFrom(
+                    resolution_to_proto(policy.resolve(snapshot, request.user_id, name, 0, user))
+                )
             except DuoError as error:
                 status.error_reason = error.reason
                 status.error_message = error.message

@@ -1,20 +1,20 @@
-"""The immutable routing state that ResolveModel reads.
+"""The immutable routing configuration that ResolveModel reads: catalog, models, settings and pins.
 
 Every admin write builds a new Snapshot from the previous one (persistent maps, so a change costs
-O(log n) however many seats are loaded) and swaps it in after the store has committed.
+O(log n) however many pins are loaded) and swaps it in after the store has committed. Per-user data
+(seats, default namespaces) lives in sidecar.users.UserDirectory instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import immutables
 
 from sidecar.catalog import Catalog
-from sidecar.domain import DeploymentType, FeatureSetting, SeatChange, SelfHostedModel
+from sidecar.domain import DeploymentType, FeatureSetting, SelfHostedModel
 
 NamespacePins = immutables.Map[str, str]
 
@@ -28,8 +28,6 @@ class Snapshot:
     feature_settings: immutables.Map[str, FeatureSetting]
     instance_pins: immutables.Map[str, str]
     namespace_pins: immutables.Map[int, NamespacePins]
-    seats: immutables.Map[int, frozenset[int]]
-    default_namespaces: immutables.Map[int, int]
 
     @classmethod
     def empty(cls, deployment_type: DeploymentType, catalog: Catalog) -> Snapshot:
@@ -41,12 +39,7 @@ class Snapshot:
             feature_settings=immutables.Map(),
             instance_pins=immutables.Map(),
             namespace_pins=immutables.Map(),
-            seats=immutables.Map(),
-            default_namespaces=immutables.Map(),
         )
-
-    def seats_of(self, user_id: int) -> frozenset[int]:
-        return self.seats.get(user_id, frozenset())
 
     def with_version(self, version: int) -> Snapshot:
         return dataclasses.replace(self, config_version=version)
@@ -75,23 +68,6 @@ class Snapshot:
         else:
             namespaces = _discard(self.namespace_pins, namespace_id)
         return dataclasses.replace(self, namespace_pins=namespaces)
-
-    def with_seat_changes(self, changes: Iterable[SeatChange]) -> Snapshot:
-        with self.seats.mutate() as seats:
-            for change in changes:
-                held = seats.get(change.user_id, frozenset())
-                held = held | {change.namespace_id} if change.assigned else held - {change.namespace_id}
-                if held:
-                    seats[change.user_id] = held
-                elif change.user_id in seats:
-                    del seats[change.user_id]
-            updated = seats.finish()
-        return dataclasses.replace(self, seats=updated)
-
-    def with_default_namespace(self, user_id: int, namespace_id: int) -> Snapshot:
-        defaults = self.default_namespaces
-        defaults = defaults.set(user_id, namespace_id) if namespace_id else _discard(defaults, user_id)
-        return dataclasses.replace(self, default_namespaces=defaults)
 
 
 K = TypeVar("K")

@@ -88,6 +88,9 @@ class Keyring:
         self._primary = key_id(keys[0])
         self._mtime = self.path.stat().st_mtime if self.path.exists() else 0.0
 
+    def has_key(self, key_id: str) -> bool:
+        return key_id in self._ciphers
+
     @property
     def primary_key_id(self) -> str:
         return self._primary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from gitlab.duo.routing.v1 import admin_pb2_grpc, routing_pb2_grpc
 from sidecar.config import Config, load_config
 from sidecar.server import Sidecar as SidecarServer
 from tests.helpers import SidecarProcess, free_port, run_sidecar, write_config
+from tests.postgres import DSN_VARIABLE, UNSET, admin_dsn, fresh_database
 
 StartSidecar = Callable[..., SidecarProcess]
 
@@ -94,3 +96,40 @@ async def start_server(tmp_path: Path) -> AsyncIterator[StartServer]:
         await sidecar.channel.close()
         if sidecar.server.server is not None:
             await sidecar.server.stop()
+
+
+@pytest_asyncio.fixture
+async def postgres_dsn() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database for this test, dropped afterwards (see tests/postgres.py)."""
+    async with fresh_database(admin_dsn()) as dsn:
+        yield dsn
+
+
+@pytest_asyncio.fixture
+async def start_postgres_server(postgres_dsn: str, start_server: StartServer, tmp_path: Path) -> StartServer:
+    """start_server with storage on this test's PostgreSQL database; every sidecar shares it and one token key.
+
+    postgres_dsn comes first so the database outlives the sidecars (fixtures are torn down in reverse order).
+    """
+
+    async def start(
+        deployment_type: str = "self_managed",
+        data_dir: Path | None = None,
+        env: dict[str, str] | None = None,
+        **instance: str,
+    ) -> Sidecar:
+        storage = {
+            "DUO_SIDECAR_STORAGE_BACKEND": "postgres",
+            "DUO_SIDECAR_STORAGE_DSN": postgres_dsn,
+            "DUO_SIDECAR_STORAGE_TOKEN_KEY_FILE": str(tmp_path / "postgres-token.key"),
+        }
+        return await start_server(deployment_type, data_dir, {**storage, **(env or {})}, **instance)
+
+    return start
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not os.environ.get(DSN_VARIABLE) and not os.environ.get("CI"):
+        skipped = [r for r in terminalreporter.stats.get("skipped", []) if UNSET in str(r.longrepr)]
+        if skipped:
+            terminalreporter.write_line(f"{len(skipped)} PostgreSQL tests skipped: {UNSET}", yellow=True)

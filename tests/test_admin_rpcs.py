@@ -137,6 +137,9 @@ async def test_feature_setting_to_self_hosted_model_and_back(start_server: Start
     by_feature = {s.feature: s for s in listed.feature_settings}
     assert by_feature["duo_chat"].provider == admin_pb2.FEATURE_PROVIDER_DISABLED
     assert by_feature["duo_chat"].explicitly_set is True
+    # A sub-feature without a setting of its own shows the one it follows.
+    sub = by_feature["duo_chat_explain_code"]
+    assert (sub.provider, sub.explicitly_set) == (admin_pb2.FEATURE_PROVIDER_DISABLED, False)
     assert by_feature["code_completions"].provider == admin_pb2.FEATURE_PROVIDER_VENDORED
     assert by_feature["code_completions"].explicitly_set is False
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 import sqlite3
 import subprocess
@@ -283,7 +284,9 @@ def test_restore_warns_when_the_token_key_does_not_match(start_sidecar: StartSid
     assert "warning: API tokens in the backup are encrypted with key" in restored.stderr
     assert str(fresh / "data" / "token.key") in restored.stderr
 
-    (fresh / "data" / "token.key").write_bytes((live.config.parent / "data" / "token.key").read_bytes())
+    # Every key of the keyring decrypts: the matching one need not be first (a rotation half done).
+    live_key = (live.config.parent / "data" / "token.key").read_text()
+    (fresh / "data" / "token.key").write_text(os.urandom(32).hex() + "\n" + live_key)
     (fresh / "data" / "sidecar.db").unlink()
     quiet = duo_sidecar("restore", "--from", str(saved), "--config", str(config))
     assert quiet.returncode == 0 and quiet.stderr == ""

@@ -474,3 +474,14 @@ async def test_duo_admin_complete_and_test_model(start_server: StartServer, upst
     assert code == 1
     assert "error: FAILED_PRECONDITION" in err and "reason: UPSTREAM_CREDENTIALS_REJECTED" in err
     assert "Traceback" not in err
+
+
+async def test_refresh_is_refused_when_the_operator_pinned_a_catalog_file(
+    start_server: StartServer, upstream: MockUpstream, tmp_path: Path
+) -> None:
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text((REPO / "sidecar" / "data" / "model_definitions.json").read_text())
+    sidecar = await gateway_sidecar(start_server, upstream, tmp_path, DUO_SIDECAR_INSTANCE_CATALOG_PATH=str(catalog))
+    details = error_details(await _rpc_error(sidecar.admin.RefreshCatalog(admin_pb2.RefreshCatalogRequest())))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CATALOG_PINNED")
+    assert upstream.requests == []

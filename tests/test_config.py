@@ -62,3 +62,32 @@ def test_errors_name_where_the_problem_is(tmp_path: Path, toml: str, env: dict[s
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "absent.toml", {})
+
+
+POSTGRES = '[storage]\nbackend = "postgres"\ntoken_key_file = "/etc/duo-sidecar/token.key"\n'
+
+
+def test_postgres_needs_a_uri_and_a_shared_token_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(POSTGRES + 'dsn = "postgresql://duo:s3cret@db.internal:5432/duo"\n')
+    config = load_config(path, {})
+    assert (config.storage.backend, config.storage.dsn) == ("postgres", "postgresql://duo:s3cret@db.internal:5432/duo")
+    assert config.storage.token_key_path == Path("/etc/duo-sidecar/token.key")
+    env = {"DUO_SIDECAR_STORAGE_DSN": "postgres:///duo?host=/run/postgresql"}  # a Unix socket
+    assert load_config(path, env).storage.dsn == env["DUO_SIDECAR_STORAGE_DSN"]
+
+    for toml, message in [
+        (POSTGRES, "[storage] dsn: the postgres backend needs a DSN, such as postgresql://"),
+        (POSTGRES + 'dsn = "host=db user=duo password=s3cret"\n', "[storage] dsn: expected a postgresql:// URI"),
+        (POSTGRES + 'dsn = "mysql://duo:s3cret@db/duo"\n', "[storage] dsn: expected a postgresql:// URI"),
+        (POSTGRES + 'dsn = "postgresql://duo:s3cret@db:port/duo"\n', "[storage] dsn: not a valid PostgreSQL URI"),
+        (
+            '[storage]\nbackend = "postgres"\ndsn = "postgresql://db/duo"\n',
+            "[storage] token_key_file: the postgres backend needs an explicit token key file",
+        ),
+    ]:
+        path.write_text(toml)
+        with pytest.raises(ConfigError) as raised:
+            load_config(path, {})
+        assert message in str(raised.value)
+        assert "s3cret" not in str(raised.value)

@@ -20,9 +20,16 @@ from sidecar.domain import (
     SelfHostedModel,
 )
 from sidecar.errors import DuoError, ErrorCode
-from sidecar.policy import DEFAULT_NAMESPACE_REQUIRED, DEFAULT_NAMESPACE_REQUIRED_MESSAGE, resolve, user_defaults
+from sidecar.policy import (
+    DEFAULT_NAMESPACE_REQUIRED,
+    DEFAULT_NAMESPACE_REQUIRED_MESSAGE,
+    Resolution,
+    resolve,
+    user_defaults,
+)
 from sidecar.snapshot import Snapshot
 from sidecar.store.base import StoredState
+from sidecar.users import UserRouting
 
 CATALOG = load_catalog()
 CHAT_DEFAULT = "claude_sonnet_4_20250514_vertex"
@@ -50,10 +57,15 @@ class World:
             feature_settings=self.feature_settings,
             instance_pins=self.instance_pins,
             namespace_pins=self.namespace_pins,
-            seats=self.seats,
-            default_namespaces=self.defaults,
         )
         return build_snapshot(self.deployment, CATALOG, state)
+
+    def user(self, user_id: int = 1) -> UserRouting:
+        seats = frozenset(ns for user, ns in self.seats if user == user_id)
+        return UserRouting(seats, self.defaults.get(user_id, 0))
+
+    def resolve(self, feature: str, root_namespace_id: int = 0, user_id: int = 1) -> Resolution:
+        return resolve(self.snapshot(), user_id, feature, root_namespace_id, self.user(user_id))
 
 
 @dataclass
@@ -154,7 +166,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_routing_rule(case: Case) -> None:
-    res = resolve(case.world.snapshot(), 1, case.feature, case.root_namespace_id)
+    res = case.world.resolve(case.feature, case.root_namespace_id)
     assert res.provider is case.provider
     assert res.model_identifier == case.model
     assert res.source is case.source
@@ -170,7 +182,7 @@ def test_self_hosted_answer_names_the_model_but_carries_no_token() -> None:
     world = World(
         DeploymentType.SELF_MANAGED, feature_settings=[FeatureSetting("duo_chat", FeatureProvider.SELF_HOSTED, "m1")]
     )
-    res = resolve(world.snapshot(), 1, "duo_chat", 0)
+    res = world.resolve("duo_chat")
     assert res.self_hosted_model == VLLM
     assert res.model_name == "Mistral on vLLM"
     assert not hasattr(res.self_hosted_model, "api_token")
@@ -179,7 +191,7 @@ def test_self_hosted_answer_names_the_model_but_carries_no_token() -> None:
 def test_ambiguous_seats_require_a_default_namespace() -> None:
     world = World(seats=[(1, 30), (1, 10), (1, 20)], namespace_pins=[(10, "duo_chat", "gpt_5")])
     with pytest.raises(DuoError) as raised:
-        resolve(world.snapshot(), 1, "duo_chat_refactor_code", 0)
+        world.resolve("duo_chat_refactor_code")
     error = raised.value
     assert error.code is ErrorCode.FAILED_PRECONDITION
     assert error.reason == DEFAULT_NAMESPACE_REQUIRED
@@ -197,22 +209,21 @@ def test_stale_default_with_several_seats_is_never_used() -> None:
         seats=SHARED_SEATS, defaults={1: 99}, namespace_pins=[(99, "duo_chat", "gpt_5"), (10, "duo_chat", "gpt_5_mini")]
     )
     with pytest.raises(DuoError) as raised:
-        resolve(world.snapshot(), 1, "duo_chat", 0)
+        world.resolve("duo_chat")
     assert raised.value.reason == DEFAULT_NAMESPACE_REQUIRED
-    defaults = user_defaults(world.snapshot(), 1)
+    defaults = user_defaults(world.user())
     assert (defaults.explicit_default, defaults.explicit_default_valid, defaults.prompt) == (99, False, True)
 
 
 def test_single_seat_user_is_never_prompted() -> None:
-    snapshot = World(seats=[(1, 10)], namespace_pins=[(10, "duo_chat", "gpt_5")]).snapshot()
+    world = World(seats=[(1, 10)], namespace_pins=[(10, "duo_chat", "gpt_5")])
     for feature in CATALOG.features:
-        assert resolve(snapshot, 1, feature, 0).default_namespace_prompt is False
-    assert user_defaults(snapshot, 1).effective_default == 10
+        assert world.resolve(feature).default_namespace_prompt is False
+    assert user_defaults(world.user()).effective_default == 10
 
 
 def test_valid_default_removes_the_prompt() -> None:
-    snapshot = World(seats=SHARED_SEATS, defaults={1: 10}).snapshot()
-    assert resolve(snapshot, 1, "duo_chat", 0).default_namespace_prompt is False
+    assert World(seats=SHARED_SEATS, defaults={1: 10}).resolve("duo_chat").default_namespace_prompt is False
 
 
 @pytest.mark.parametrize(
@@ -227,6 +238,6 @@ def test_valid_default_removes_the_prompt() -> None:
 )
 def test_invalid_requests(user_id: int, feature: str, root: int, field: str) -> None:
     with pytest.raises(DuoError) as raised:
-        resolve(World().snapshot(), user_id, feature, root)
+        World().resolve(feature, root, user_id)
     assert raised.value.code is ErrorCode.INVALID_ARGUMENT
     assert raised.value.field_violations[0].field == field

@@ -12,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc, types_pb2
+from sidecar.store.migrations import LATEST_VERSION
 from tests.conftest import StartServer, StartSidecar
 from tests.helpers import BIN
 
@@ -143,7 +144,10 @@ def test_check_config_names_the_file_and_the_key(tmp_path: Path) -> None:
 def test_serve_refuses_a_port_in_use(start_sidecar: StartSidecar, tmp_path: Path) -> None:
     running = start_sidecar("dedicated")
     config = tmp_path / "second.toml"
-    config.write_text(f'[server]\nlisten = "{running.address}"\n[storage]\npath = "{tmp_path / "db.sqlite"}"\n')
+    config.write_text(
+        f'[server]\nlisten = "{running.address}"\n[metrics]\nlisten = "127.0.0.1:0"\n'
+        f'[storage]\npath = "{tmp_path / "db.sqlite"}"\n'
+    )
     result = run_cli("serve", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 2
     assert f"cannot listen on {running.address}" in result.stderr
@@ -154,4 +158,4 @@ def test_migrate_reports_the_schema_version(tmp_path: Path) -> None:
     config.write_text(f'[storage]\npath = "{tmp_path / "m.db"}"\n')
     result = run_cli("migrate", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "schema version 1" in result.stdout
+    assert f"schema version {LATEST_VERSION}" in result.stdout

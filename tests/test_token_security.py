@@ -118,3 +118,35 @@ async def test_rotate_key_while_serving_then_without_the_old_key(start_server: S
         assert TOKEN not in str(events)
         answer = await restarted.routing.ResolveModel(routing_pb2.ResolveModelRequest(user_id=1, feature="duo_chat"))
         assert answer.config_version  # serving
+
+
+@pytest.mark.asyncio
+async def test_lost_key_file_fails_clearly_and_a_new_token_recovers(start_server: StartServer, tmp_path: Path) -> None:
+    import grpc
+
+    from tests.helpers import error_details
+
+    data = tmp_path / "data"
+    sidecar = await start_server("self_managed", data_dir=data)
+    async with serve_upstream() as upstream:
+        model_id = await _create(sidecar, "vllm", upstream.url, TOKEN)
+        await sidecar.server.stop()
+        (data / "token.key").unlink()  # lost with a volume, or a backup restored without it
+
+        restarted = await start_server("self_managed", data_dir=data)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await restarted.admin.TestSelfHostedModel(admin_pb2.TestSelfHostedModelRequest(id=model_id))
+        details = error_details(raised.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "TOKEN_KEY_UNAVAILABLE")
+        assert "--api-token-file" in details.message and TOKEN not in details.message
+
+        from google.protobuf import field_mask_pb2
+
+        await restarted.admin.UpdateSelfHostedModel(
+            admin_pb2.UpdateSelfHostedModelRequest(
+                self_hosted_model=admin_pb2.SelfHostedModel(id=model_id, api_token=OTHER_TOKEN),
+                update_mask=field_mask_pb2.FieldMask(paths=["api_token"]),
+            )
+        )
+        await _reaches_upstream(restarted, model_id)
+        assert upstream.requests[-1].headers["Authorization"] == f"Bearer {OTHER_TOKEN}"

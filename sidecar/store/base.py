@@ -1,4 +1,4 @@
-"""The storage interface. SQLite (embedded) implements it now; PostgreSQL (fleet) implements the same.
+"""The storage interface, implemented by SQLite (embedded, sqlite.py) and PostgreSQL (fleet, postgres.py).
 
 Every admin change runs in one StoreTx: read the state before, write, then record_change(), which
 writes the audit event and bumps the config version in the same transaction.
@@ -7,25 +7,24 @@ writes the audit event and bumps the config version in the same transaction.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from sidecar.domain import AuditEvent, FeatureSetting, SeatChange, SelfHostedModel
 from sidecar.tokens import EncryptedToken
+from sidecar.users import UserRouting
 
 
 @dataclass
 class StoredState:
-    """Everything the snapshot is built from."""
+    """Everything the snapshot is built from (per-user data is loaded per user: StoreTx.load_user)."""
 
     config_version: int
     self_hosted_models: list[SelfHostedModel] = field(default_factory=list)
     feature_settings: list[FeatureSetting] = field(default_factory=list)
     instance_pins: dict[str, str] = field(default_factory=dict)
     namespace_pins: list[tuple[int, str, str]] = field(default_factory=list)
-    seats: list[tuple[int, int]] = field(default_factory=list)
-    default_namespaces: dict[int, int] = field(default_factory=dict)
     api_tokens: dict[str, EncryptedToken] = field(default_factory=dict)
 
 
@@ -34,6 +33,14 @@ class KeepToken:
 
 
 KEEP_TOKEN = KeepToken()
+
+
+class SchemaTooNewError(RuntimeError):
+    """The database was migrated by a newer sidecar; this one refuses to touch it."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """The store cannot be opened (such as a database server that cannot be reached); the message says why."""
 
 
 class StoreTx(abc.ABC):
@@ -121,6 +128,10 @@ class Store(abc.ABC):
     async def get_api_token(self, model_id: str) -> EncryptedToken | None: ...
 
     @abc.abstractmethod
+    async def load_user(self, user_id: int) -> UserRouting:
+        """One user's seats and default namespace: one indexed query."""
+
+    @abc.abstractmethod
     async def list_seat_assignments(
         self, user_id: int, namespace_id: int, after: tuple[int, int] | None, limit: int
     ) -> list[tuple[int, int]]:
@@ -132,3 +143,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def schema_version(self) -> int: ...
+
+    @abc.abstractmethod
+    async def changes_since(self, version: int, limit: int) -> list[AuditEvent]:
+        """Audit events of changes committed after `version`, oldest first: what others changed."""
+
+    @abc.abstractmethod
+    async def watch(self, on_change: Callable[[], None]) -> None:
+        """Runs until cancelled, calling on_change soon after another process commits a change."""
+
+    @abc.abstractmethod
+    async def config_version(self) -> int:
+        """The committed config version, read from the database (one cheap query)."""

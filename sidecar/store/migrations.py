@@ -89,4 +89,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+_CHANGE_LOG_INDEX = "CREATE INDEX audit_events_by_config_version ON audit_events (config_version);"
+MIGRATIONS += (
+    # Sidecars sharing a database replay the audit log from their last version: keep that read indexed.
+    Migration(2, "index audit events by config version", sqlite=_CHANGE_LOG_INDEX, postgres=_CHANGE_LOG_INDEX),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -6,7 +6,7 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,14 +23,12 @@ from sidecar.domain import (
     SelfHostedModel,
 )
 from sidecar.store.base import KeepToken, Store, StoredState, StoreTx
+from sidecar.store.base import SchemaTooNewError as SchemaTooNewError  # re-exported: callers import it from here
 from sidecar.store.migrations import LATEST_VERSION, MIGRATIONS
 from sidecar.tokens import EncryptedToken
+from sidecar.users import UserRouting
 
 _SQL_VARIABLES_PER_QUERY = 500
-
-
-class SchemaTooNewError(RuntimeError):
-    pass
 
 
 class DatabaseLockedError(RuntimeError):
@@ -82,6 +80,24 @@ def _time(value: str) -> datetime:
 _MODEL_COLUMNS = (
     "id, name, family, platform, endpoint, identifier, api_token_ciphertext IS NOT NULL, create_time, update_time"
 )
+
+
+_AUDIT_COLUMNS = "id, time, actor, action, resource, before_json, after_json, config_version"
+# How often other processes' commits are looked for (PRAGMA data_version is a cheap, local read).
+WATCH_INTERVAL_SECONDS = 0.2
+
+
+def _audit_event(r: sqlite3.Row | tuple[object, ...]) -> AuditEvent:
+    return AuditEvent(
+        id=int(str(r[0])),
+        time=_time(str(r[1])),
+        actor=str(r[2]),
+        action=str(r[3]),
+        resource=str(r[4]),
+        before_json=str(r[5]),
+        after_json=str(r[6]),
+        config_version=int(str(r[7])),
+    )
 
 
 def _model(row: sqlite3.Row | tuple[object, ...]) -> SelfHostedModel:
@@ -333,7 +349,17 @@ class SQLiteStore(Store):
             raise
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
-        await db.execute("BEGIN IMMEDIATE")
+        # While another process turns a fresh file to WAL, SQLite answers "database is locked" at once instead of
+        # waiting for busy_timeout: several sidecars starting together on a new file retry for a while.
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
         try:
             await db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
@@ -379,6 +405,11 @@ class SQLiteStore(Store):
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
+    async def config_version(self) -> int:
+        async with self._read_db().execute("SELECT version FROM config_version WHERE id = 1") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
     async def probe(self) -> None:
         """A read through the open connection, and the file must still be the one opened: a removed or
         replaced database file would silently lose every later write."""
@@ -409,10 +440,6 @@ class SQLiteStore(Store):
                 "SELECT namespace_id, feature, offered_model_ref FROM namespace_model_selections"
             ) as cursor:
                 state.namespace_pins = [(int(r[0]), str(r[1]), str(r[2])) for r in await cursor.fetchall()]
-            async with db.execute("SELECT user_id, namespace_id FROM seat_assignments") as cursor:
-                state.seats = [(int(r[0]), int(r[1])) for r in await cursor.fetchall()]
-            async with db.execute("SELECT user_id, namespace_id FROM user_default_namespaces") as cursor:
-                state.default_namespaces = {int(r[0]): int(r[1]) for r in await cursor.fetchall()}
             async with db.execute(
                 "SELECT id, api_token_key_id, api_token_ciphertext FROM self_hosted_models "
                 "WHERE api_token_ciphertext IS NOT NULL"
@@ -435,6 +462,17 @@ class SQLiteStore(Store):
                 await db.execute("ROLLBACK")
                 raise
             await db.execute("COMMIT")
+
+    async def load_user(self, user_id: int) -> UserRouting:
+        async with self._read_db().execute(
+            "SELECT namespace_id, 0 FROM seat_assignments WHERE user_id = ? "
+            "UNION ALL SELECT namespace_id, 1 FROM user_default_namespaces WHERE user_id = ?",
+            (user_id, user_id),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        seats = frozenset(int(r[0]) for r in rows if not r[1])
+        default = next((int(r[0]) for r in rows if r[1]), 0)
+        return UserRouting(seats, default)
 
     async def get_api_token(self, model_id: str) -> EncryptedToken | None:
         async with self._read_db().execute(
@@ -465,6 +503,26 @@ class SQLiteStore(Store):
         async with self._read_db().execute(sql, params) as cursor:
             return [(int(r[0]), int(r[1])) for r in await cursor.fetchall()]
 
+    async def changes_since(self, version: int, limit: int) -> list[AuditEvent]:
+        async with self._read_db().execute(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE config_version > ? ORDER BY config_version LIMIT ?",
+            (version, limit),
+        ) as cursor:
+            return [_audit_event(r) for r in await cursor.fetchall()]
+
+    async def watch(self, on_change: Callable[[], None], interval_seconds: float = WATCH_INTERVAL_SECONDS) -> None:
+        """Calls on_change when another connection (process) commits: PRAGMA data_version moves then."""
+        async with aiosqlite.connect(self.path) as db:
+            seen = None
+            while True:
+                async with db.execute("PRAGMA data_version") as cursor:
+                    row = await cursor.fetchone()
+                current = int(row[0]) if row else 0
+                if seen is not None and current != seen:
+                    on_change()
+                seen = current
+                await asyncio.sleep(interval_seconds)
+
     async def list_audit_events(self, resource_prefix: str, before_id: int | None, limit: int) -> list[AuditEvent]:
         where = ["id < ?"]
         params: list[object] = [before_id if before_id is not None else 2**63 - 1]
@@ -472,22 +530,6 @@ class SQLiteStore(Store):
             where.append("substr(resource, 1, ?) = ?")
             params += [len(resource_prefix), resource_prefix]
         params.append(limit)
-        sql = (
-            "SELECT id, time, actor, action, resource, before_json, after_json, config_version "
-            "FROM audit_events WHERE " + " AND ".join(where) + " ORDER BY id DESC LIMIT ?"
-        )
+        sql = f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE " + " AND ".join(where) + " ORDER BY id DESC LIMIT ?"
         async with self._read_db().execute(sql, params) as cursor:
-            rows = await cursor.fetchall()
-        return [
-            AuditEvent(
-                id=int(r[0]),
-                time=_time(str(r[1])),
-                actor=str(r[2]),
-                action=str(r[3]),
-                resource=str(r[4]),
-                before_json=str(r[5]),
-                after_json=str(r[6]),
-                config_version=int(r[7]),
-            )
-            for r in rows
-        ]
+            return [_audit_event(r) for r in await cursor.fetchall()]

@@ -1,0 +1,548 @@
+"""The fleet backend: PostgreSQL through an asyncpg connection pool, shared by many sidecars.
+
+Same schema (sidecar.store.migrations, the `postgres` SQL), same semantics as the SQLite backend. Where SQLite
+relies on its single writer, this backend serializes writers explicitly: every write transaction starts by locking
+the config_version row (SELECT ... FOR UPDATE), so reads inside a transaction see every earlier commit and config
+versions are handed out in commit order. Each committed change also sends NOTIFY duo_sidecar_changes with the new
+config version (pg_notify in the same transaction, delivered at commit), the change signal other sidecars listen to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from sidecar.domain import (
+    AuditEvent,
+    FeatureProvider,
+    FeatureSetting,
+    ModelFamily,
+    Platform,
+    SeatChange,
+    SelfHostedModel,
+)
+from sidecar.store.base import KeepToken, SchemaTooNewError, Store, StoredState, StoreTx, StoreUnavailableError
+from sidecar.store.migrations import LATEST_VERSION, MIGRATIONS
+from sidecar.tokens import EncryptedToken
+from sidecar.users import UserRouting
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "duo_sidecar_changes"
+WATCH_BACKOFF_MIN_SECONDS = 0.2
+WATCH_BACKOFF_MAX_SECONDS = 5.0
+WATCH_HEARTBEAT_SECONDS = 1.0
+_AUDIT_COLUMNS = "id, time, actor, action, resource, before_json, after_json, config_version"
+
+
+def _audit_event(r: asyncpg.Record) -> AuditEvent:
+    return AuditEvent(
+        id=int(r[0]),
+        time=r[1],
+        actor=r[2],
+        action=r[3],
+        resource=r[4],
+        before_json=r[5],
+        after_json=r[6],
+        config_version=int(r[7]),
+    )
+
+
+"""Every committed change sends NOTIFY on this channel with the new config version as its payload."""
+
+MIGRATION_LOCK_KEY = 0x6475_6F5F_6D69_6772  # "duo_migr": pg_advisory_xact_lock key held while migrating
+
+# Errors that mean "the database is unreachable or refused the statement"; the gRPC layer maps them to UNAVAILABLE.
+POSTGRES_ERRORS: tuple[type[Exception], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)
+
+_CONNECT_ERRORS: tuple[type[Exception], ...] = (*POSTGRES_ERRORS, OSError, TimeoutError)
+
+_Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # generic in the stubs only
+
+_MODEL_COLUMNS = (
+    "id, name, family, platform, endpoint, identifier, api_token_ciphertext IS NOT NULL, create_time, update_time"
+)
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password (in the user info or a password= parameter), for messages and logs."""
+    try:
+        url = urlsplit(dsn)
+    except ValueError:
+        return "<unparsable dsn>"
+    netloc = url.netloc
+    userinfo, at, hostinfo = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostinfo}"
+    query = urlencode(
+        [(k, "***" if k == "password" else v) for k, v in parse_qsl(url.query, keep_blank_values=True)], safe="/"
+    )
+    return urlunsplit((url.scheme, netloc, url.path, query, url.fragment))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _model(row: asyncpg.Record) -> SelfHostedModel:
+    return SelfHostedModel(
+        id=row[0],
+        name=row[1],
+        family=ModelFamily[row[2].upper()],
+        platform=Platform[row[3].upper()],
+        endpoint=row[4],
+        identifier=row[5],
+        api_token_set=bool(row[6]),
+        create_time=row[7],
+        update_time=row[8],
+    )
+
+
+def _setting(feature: str, provider: str, model_id: str | None) -> FeatureSetting:
+    return FeatureSetting(feature, FeatureProvider[provider.upper()], model_id or "")
+
+
+class PostgresTx(StoreTx):
+    def __init__(self, db: _Connection) -> None:
+        self._db = db
+
+    async def get_self_hosted_model(self, model_id: str) -> SelfHostedModel | None:
+        row = await self._db.fetchrow(f"SELECT {_MODEL_COLUMNS} FROM self_hosted_models WHERE id = $1", model_id)
+        return _model(row) if row else None
+
+    async def find_self_hosted_model_by_name(self, name: str) -> SelfHostedModel | None:
+        row = await self._db.fetchrow(f"SELECT {_MODEL_COLUMNS} FROM self_hosted_models WHERE name = $1", name)
+        return _model(row) if row else None
+
+    async def put_self_hosted_model(self, model: SelfHostedModel, token: EncryptedToken | KeepToken | None) -> None:
+        await self._db.execute(
+            """
+            INSERT INTO self_hosted_models
+                (id, name, family, platform, endpoint, identifier, create_time, update_time)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            ON CONFLICT (id) DO UPDATE SET
+                name = excluded.name, family = excluded.family, platform = excluded.platform,
+                endpoint = excluded.endpoint, identifier = excluded.identifier,
+                update_time = excluded.update_time
+            """,
+            model.id,
+            model.name,
+            model.family.gitlab_name,
+            model.platform.name.lower(),
+            model.endpoint,
+            model.identifier,
+            model.create_time,
+            model.update_time,
+        )
+        if not isinstance(token, KeepToken):
+            await self._db.execute(
+                "UPDATE self_hosted_models SET api_token_key_id = $1, api_token_ciphertext = $2 WHERE id = $3",
+                token.key_id if token else None,
+                token.ciphertext if token else None,
+                model.id,
+            )
+
+    async def delete_self_hosted_model(self, model_id: str) -> None:
+        await self._db.execute("DELETE FROM self_hosted_models WHERE id = $1", model_id)
+
+    async def features_using_model(self, model_id: str) -> list[str]:
+        rows = await self._db.fetch(
+            'SELECT feature FROM feature_settings WHERE self_hosted_model_id = $1 ORDER BY feature COLLATE "C"',
+            model_id,
+        )
+        return [row[0] for row in rows]
+
+    async def get_feature_setting(self, feature: str) -> FeatureSetting | None:
+        row = await self._db.fetchrow(
+            "SELECT provider, self_hosted_model_id FROM feature_settings WHERE feature = $1", feature
+        )
+        return _setting(feature, row[0], row[1]) if row else None
+
+    async def put_feature_setting(self, setting: FeatureSetting) -> None:
+        await self._db.execute(
+            """
+            INSERT INTO feature_settings (feature, provider, self_hosted_model_id, update_time)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT (feature) DO UPDATE SET provider = excluded.provider,
+                self_hosted_model_id = excluded.self_hosted_model_id, update_time = excluded.update_time
+            """,
+            setting.feature,
+            setting.provider.name.lower(),
+            setting.self_hosted_model_id or None,
+            _now(),
+        )
+
+    async def get_instance_pin(self, feature: str) -> str | None:
+        value: str | None = await self._db.fetchval(
+            "SELECT offered_model_ref FROM instance_model_selections WHERE feature = $1", feature
+        )
+        return value
+
+    async def set_instance_pin(self, feature: str, ref: str | None) -> None:
+        if ref:
+            await self._db.execute(
+                """
+                INSERT INTO instance_model_selections (feature, offered_model_ref, update_time) VALUES ($1, $2, $3)
+                ON CONFLICT (feature) DO UPDATE SET offered_model_ref = excluded.offered_model_ref,
+                    update_time = excluded.update_time
+                """,
+                feature,
+                ref,
+                _now(),
+            )
+        else:
+            await self._db.execute("DELETE FROM instance_model_selections WHERE feature = $1", feature)
+
+    async def get_namespace_pin(self, namespace_id: int, feature: str) -> str | None:
+        value: str | None = await self._db.fetchval(
+            "SELECT offered_model_ref FROM namespace_model_selections WHERE namespace_id = $1 AND feature = $2",
+            namespace_id,
+            feature,
+        )
+        return value
+
+    async def set_namespace_pin(self, namespace_id: int, feature: str, ref: str | None) -> None:
+        if ref:
+            await self._db.execute(
+                """
+                INSERT INTO namespace_model_selections (namespace_id, feature, offered_model_ref, update_time)
+                VALUES ($1, $2, $3, $4)
+                ON CONFLICT (namespace_id, feature) DO UPDATE SET
+                    offered_model_ref = excluded.offered_model_ref, update_time = excluded.update_time
+                """,
+                namespace_id,
+                feature,
+                ref,
+                _now(),
+            )
+        else:
+            await self._db.execute(
+                "DELETE FROM namespace_model_selections WHERE namespace_id = $1 AND feature = $2",
+                namespace_id,
+                feature,
+            )
+
+    async def apply_seat_changes(self, changes: Sequence[SeatChange]) -> list[SeatChange]:
+        users = sorted({c.user_id for c in changes})
+        rows = await self._db.fetch(
+            "SELECT user_id, namespace_id FROM seat_assignments WHERE user_id = ANY($1::bigint[])", users
+        )
+        held = {(int(r[0]), int(r[1])) for r in rows}
+        effective: list[SeatChange] = []
+        for change in changes:
+            key = (change.user_id, change.namespace_id)
+            if change.assigned and key not in held:
+                held.add(key)
+                effective.append(change)
+            elif not change.assigned and key in held:
+                held.discard(key)
+                effective.append(change)
+        # Net effect per seat, so an assign-then-remove in one batch writes nothing.
+        net: dict[tuple[int, int], bool] = {}
+        for change in effective:
+            net[(change.user_id, change.namespace_id)] = change.assigned
+        added = [key for key, assigned in net.items() if assigned]
+        removed = [key for key, assigned in net.items() if not assigned]
+        if added:
+            await self._db.execute(
+                """
+                INSERT INTO seat_assignments (user_id, namespace_id)
+                SELECT * FROM unnest($1::bigint[], $2::bigint[]) ON CONFLICT DO NOTHING
+                """,
+                [u for u, _ in added],
+                [n for _, n in added],
+            )
+        if removed:
+            await self._db.execute(
+                """
+                DELETE FROM seat_assignments AS s USING unnest($1::bigint[], $2::bigint[]) AS d (user_id, namespace_id)
+                WHERE s.user_id = d.user_id AND s.namespace_id = d.namespace_id
+                """,
+                [u for u, _ in removed],
+                [n for _, n in removed],
+            )
+        return effective
+
+    async def user_has_seat(self, user_id: int, namespace_id: int) -> bool:
+        row = await self._db.fetchrow(
+            "SELECT 1 FROM seat_assignments WHERE user_id = $1 AND namespace_id = $2", user_id, namespace_id
+        )
+        return row is not None
+
+    async def get_default_namespace(self, user_id: int) -> int:
+        value: int | None = await self._db.fetchval(
+            "SELECT namespace_id FROM user_default_namespaces WHERE user_id = $1", user_id
+        )
+        return int(value) if value is not None else 0
+
+    async def set_default_namespace(self, user_id: int, namespace_id: int) -> None:
+        if namespace_id:
+            await self._db.execute(
+                """
+                INSERT INTO user_default_namespaces (user_id, namespace_id, update_time) VALUES ($1, $2, $3)
+                ON CONFLICT (user_id) DO UPDATE SET namespace_id = excluded.namespace_id,
+                    update_time = excluded.update_time
+                """,
+                user_id,
+                namespace_id,
+                _now(),
+            )
+        else:
+            await self._db.execute("DELETE FROM user_default_namespaces WHERE user_id = $1", user_id)
+
+    async def encrypted_tokens(self) -> dict[str, EncryptedToken]:
+        return await _encrypted_tokens(self._db)
+
+    async def set_encrypted_token(self, model_id: str, token: EncryptedToken) -> None:
+        await self._db.execute(
+            "UPDATE self_hosted_models SET api_token_key_id = $1, api_token_ciphertext = $2 WHERE id = $3",
+            token.key_id,
+            token.ciphertext,
+            model_id,
+        )
+
+    async def record_change(self, actor: str, action: str, resource: str, before_json: str, after_json: str) -> int:
+        # The row lock (already held since the transaction began) serializes versions across every sidecar.
+        version = int(
+            await self._db.fetchval("UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version")
+        )
+        await self._db.execute(
+            """
+            INSERT INTO audit_events (time, actor, action, resource, before_json, after_json, config_version)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            """,
+            _now(),
+            actor,
+            action,
+            resource,
+            before_json,
+            after_json,
+            version,
+        )
+        # Delivered when (and only if) the transaction commits; several in one transaction: the listener sees each.
+        await self._db.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(version))
+        return version
+
+
+async def _encrypted_tokens(db: _Connection) -> dict[str, EncryptedToken]:
+    rows = await db.fetch(
+        "SELECT id, api_token_key_id, api_token_ciphertext FROM self_hosted_models "
+        "WHERE api_token_ciphertext IS NOT NULL"
+    )
+    return {r[0]: EncryptedToken(r[1], bytes(r[2])) for r in rows}
+
+
+class PostgresStore(Store):
+    backend_name = "postgres"
+
+    def __init__(self, dsn: str, *, min_connections: int = 1, max_connections: int = 8) -> None:
+        self.dsn = dsn
+        self.where = redact_dsn(dsn)
+        self._min = min_connections
+        self._max = max_connections
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self._min,
+                max_size=self._max,
+                server_settings={"application_name": "duo-sidecar", "timezone": "UTC"},
+            )
+        except _CONNECT_ERRORS as exc:
+            raise StoreUnavailableError(f"{self.where}: cannot connect to PostgreSQL: {exc}") from exc
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self) -> None:
+        async with self._acquire() as db, db.transaction():
+            # One migrator at a time across every sidecar; the lock ends with the transaction.
+            await db.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+            await db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            current = int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
+            if current > LATEST_VERSION:
+                raise SchemaTooNewError(
+                    f"{self.where}: database schema version {current} is newer than this sidecar supports "
+                    f"({LATEST_VERSION}); run the newer sidecar or restore a backup"
+                )
+            for migration in MIGRATIONS:
+                if migration.version <= current:
+                    continue
+                await db.execute(migration.postgres)  # several statements: the simple query protocol runs them all
+                await db.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    _now(),
+                )
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            async with asyncio.timeout(10):
+                await pool.close()  # waits for connections in use to be released
+        except TimeoutError:
+            pool.terminate()
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[_Connection]:
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        async with self._pool.acquire() as db:
+            yield db
+
+    async def schema_version(self) -> int:
+        async with self._acquire() as db:
+            return int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
+
+    async def config_version(self) -> int:
+        async with self._acquire() as db:
+            return int(await db.fetchval("SELECT version FROM config_version WHERE id = 1"))
+
+    async def probe(self) -> None:
+        """A round trip through the pool: raises when the database is unreachable or the store is closed."""
+        await self.schema_version()
+
+    async def load_state(self) -> StoredState:
+        async with self._acquire() as db, db.transaction(isolation="repeatable_read", readonly=True):
+            # One snapshot of every table.
+            state = StoredState(
+                config_version=int(await db.fetchval("SELECT version FROM config_version WHERE id = 1"))
+            )
+            state.self_hosted_models = [
+                _model(r) for r in await db.fetch(f"SELECT {_MODEL_COLUMNS} FROM self_hosted_models")
+            ]
+            state.feature_settings = [
+                _setting(r[0], r[1], r[2])
+                for r in await db.fetch("SELECT feature, provider, self_hosted_model_id FROM feature_settings")
+            ]
+            state.instance_pins = {
+                r[0]: r[1] for r in await db.fetch("SELECT feature, offered_model_ref FROM instance_model_selections")
+            }
+            state.namespace_pins = [
+                (int(r[0]), r[1], r[2])
+                for r in await db.fetch(
+                    "SELECT namespace_id, feature, offered_model_ref FROM namespace_model_selections"
+                )
+            ]
+            state.api_tokens = await _encrypted_tokens(db)
+        return state
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StoreTx]:
+        async with self._acquire() as db, db.transaction():
+            # Writers queue here, as on SQLite's single writer: what this transaction reads before its writes
+            # is not changed by another sidecar until it commits.
+            await db.execute("SELECT version FROM config_version WHERE id = 1 FOR UPDATE")
+            yield PostgresTx(db)
+
+    async def load_user(self, user_id: int) -> UserRouting:
+        async with self._acquire() as db:
+            rows = await db.fetch(
+                "SELECT namespace_id, false FROM seat_assignments WHERE user_id = $1 "
+                "UNION ALL SELECT namespace_id, true FROM user_default_namespaces WHERE user_id = $1",
+                user_id,
+            )
+        seats = frozenset(int(r[0]) for r in rows if not r[1])
+        return UserRouting(seats, next((int(r[0]) for r in rows if r[1]), 0))
+
+    async def get_api_token(self, model_id: str) -> EncryptedToken | None:
+        async with self._acquire() as db:
+            row = await db.fetchrow(
+                "SELECT api_token_key_id, api_token_ciphertext FROM self_hosted_models WHERE id = $1", model_id
+            )
+        if row is None or row[1] is None:
+            return None
+        return EncryptedToken(row[0], bytes(row[1]))
+
+    async def list_seat_assignments(
+        self, user_id: int, namespace_id: int, after: tuple[int, int] | None, limit: int
+    ) -> list[tuple[int, int]]:
+        where = ["(user_id, namespace_id) > ($1, $2)"]
+        params: list[object] = list(after or (0, 0))
+        if user_id:
+            params.append(user_id)
+            where.append(f"user_id = ${len(params)}")
+        if namespace_id:
+            params.append(namespace_id)
+            where.append(f"namespace_id = ${len(params)}")
+        params.append(limit)
+        sql = (
+            "SELECT user_id, namespace_id FROM seat_assignments WHERE "
+            + " AND ".join(where)
+            + f" ORDER BY user_id, namespace_id LIMIT ${len(params)}"
+        )
+        async with self._acquire() as db:
+            rows = await db.fetch(sql, *params)
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    async def changes_since(self, version: int, limit: int) -> list[AuditEvent]:
+        async with self._acquire() as db:
+            rows = await db.fetch(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE config_version > $1 ORDER BY config_version LIMIT $2",
+                version,
+                limit,
+            )
+        return [_audit_event(r) for r in rows]
+
+    async def watch(self, on_change: Callable[[], None]) -> None:
+        """LISTENs on a dedicated connection; reconnects with backoff and signals after every reconnect,
+        so a change made while this sidecar was cut off is caught up too."""
+        backoff = WATCH_BACKOFF_MIN_SECONDS
+        while True:
+            try:
+                connection = await asyncpg.connect(self.dsn, timeout=WATCH_BACKOFF_MAX_SECONDS)
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("cannot listen for changes on %s (%s); retrying in %.1f s", self.where, exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, WATCH_BACKOFF_MAX_SECONDS)
+                continue
+            lost = asyncio.Event()
+            try:
+                connection.add_termination_listener(lambda _connection, lost=lost: lost.set())
+                await connection.add_listener(NOTIFY_CHANNEL, lambda *_args: on_change())
+                backoff = WATCH_BACKOFF_MIN_SECONDS
+                on_change()  # whatever happened while not listening
+                while not lost.is_set() and not connection.is_closed():
+                    # asyncpg notices a dead server only when it talks to it.
+                    try:
+                        async with asyncio.timeout(WATCH_BACKOFF_MAX_SECONDS):
+                            await connection.execute("SELECT 1")
+                    except (OSError, asyncpg.PostgresError, TimeoutError):
+                        break
+                    await asyncio.sleep(WATCH_HEARTBEAT_SECONDS)
+                log.warning("lost the change listener connection to %s; reconnecting", self.where)
+            finally:
+                connection.terminate()
+
+    async def list_audit_events(self, resource_prefix: str, before_id: int | None, limit: int) -> list[AuditEvent]:
+        where = ["id < $1"]
+        params: list[object] = [before_id if before_id is not None else 2**63 - 1]
+        if resource_prefix:
+            params.append(resource_prefix)
+            where.append(f"starts_with(resource, ${len(params)})")
+        params.append(limit)
+        sql = (
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE "
+            + " AND ".join(where)
+            + f" ORDER BY id DESC LIMIT ${len(params)}"
+        )
+        async with self._acquire() as db:
+            return [_audit_event(r) for r in await db.fetch(sql, *params)]
