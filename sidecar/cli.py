@@ -19,6 +19,7 @@ from sidecar.store.base import StoreUnavailableError
 from sidecar.store.postgres import redact_dsn
 from sidecar.store.sqlite import DatabaseLockedError, SchemaTooNewError
 from sidecar.tokens import TokenKeyError
+from sidecar.workers import Supervisor
 
 
 def _setup_logging(config: Config) -> None:
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     ):
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.add_argument("--config", type=Path, help="TOML file (default: built-in defaults)")
+        if name == "serve":
+            sub.add_argument(
+                "--workers", type=int, help="server processes sharing the port (default: server.workers, 1)"
+            )
     # Operations commands handle their own configuration errors and exit codes.
     healthcheck.add_command(commands)
     backup.add_commands(commands)
@@ -87,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_migrate(config))
         if args.command == "rotate-key":
             return asyncio.run(_rotate_key(config))
+        workers = args.workers or config.server.workers
+        if workers > 1 and not config.server.reuse_port:  # reuse_port: this process is one of the workers
+            return asyncio.run(Supervisor(config, args.config, workers).run())
         asyncio.run(serve(config))
         return 0
     except (

@@ -32,6 +32,8 @@ class ServerConfig:
     listen: str = "127.0.0.1:50051"
     grace_period_seconds: float = 10.0
     max_receive_message_bytes: int = 16 * 1024 * 1024
+    workers: int = 1  # server processes sharing the port (duo-sidecar serve --workers N overrides)
+    reuse_port: bool = False  # set by the worker supervisor: several processes share the port
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # set: mutual TLS, clients must present a certificate signed by this CA
@@ -40,6 +42,7 @@ class ServerConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9236"
+    port_file: str = ""  # set by the worker supervisor: where a worker writes its metrics port
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class StorageConfig:
     path: str = "var/sidecar.db"
     dsn: str = ""
     token_key_file: str = ""
+    user_cache_size: int = 200_000  # users whose seats and default namespace stay in memory (GitLab.com)
     probe_interval_seconds: float = 5.0  # health turns NOT_SERVING when a probe of the store fails
 
     @property
@@ -269,6 +273,10 @@ def _validate(config: Config, where: Mapping[str, str]) -> None:
         path = getattr(config.server, key)
         if path and not Path(path).is_file():
             raise ConfigError(f"{at('server', key)}: file {path} does not exist")
+    if config.storage.user_cache_size < 1:
+        raise ConfigError(f"{at('storage', 'user_cache_size')}: must be at least 1")
+    if not 1 <= config.server.workers <= 64:
+        raise ConfigError(f"{at('server', 'workers')}: must be between 1 and 64")
     if config.server.max_receive_message_bytes < 64 * 1024:
         raise ConfigError(f"{at('server', 'max_receive_message_bytes')}: must be at least 65536")
 

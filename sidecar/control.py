@@ -133,10 +133,17 @@ class ControlPlane:
 
     @classmethod
     async def load(
-        cls, store: Store, keyring: Keyring, deployment: DeploymentType, catalog: Catalog, endpoints: EndpointPolicy
+        cls,
+        store: Store,
+        keyring: Keyring,
+        deployment: DeploymentType,
+        catalog: Catalog,
+        endpoints: EndpointPolicy,
+        user_cache_size: int = DEFAULT_USER_CACHE_SIZE,
     ) -> ControlPlane:
         state = await store.load_state()
-        return cls(store, keyring, build_snapshot(deployment, catalog, state), state.api_tokens, endpoints)
+        snapshot = build_snapshot(deployment, catalog, state)
+        return cls(store, keyring, snapshot, state.api_tokens, endpoints, user_cache_size)
 
     def _publish(self, snapshot: Snapshot, version: int) -> None:
         """Swaps in the snapshot of a change this process committed as `version`.

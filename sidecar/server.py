@@ -36,7 +36,23 @@ log = logging.getLogger(__name__)
 
 ROUTING_SERVICE = routing_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
-HEALTH_NAMES = ("", ROUTING_SERVICE, ADMIN_SERVICE)
+# Not a service: reports whether the store answers, for operators and probes that want to know.
+STORAGE_HEALTH_NAME = "gitlab.duo.routing.v1.Storage"
+HEALTH_NAMES = ("", ROUTING_SERVICE, ADMIN_SERVICE, STORAGE_HEALTH_NAME)
+
+
+def names_down_with_the_store(backend: str) -> tuple[str, ...]:
+    """Health names that turn NOT_SERVING while the store is unusable.
+
+    Embedded SQLite: the whole sidecar (a broken local database means a broken node). PostgreSQL: only admin
+    writes and the storage name; routing keeps answering from memory, because a database outage is fleet-wide
+    and taking every sidecar out of service would stop all GitLab Duo routing.
+    """
+    if backend == "sqlite":
+        return HEALTH_NAMES
+    return (ADMIN_SERVICE, STORAGE_HEALTH_NAME)
+
+
 # The services whose methods get grpc_server_* series (other paths are not counted).
 GRPC_SERVICES = (
     routing_pb2.DESCRIPTOR.services_by_name["RoutingService"],
@@ -77,6 +93,11 @@ def server_credentials(config: Config) -> grpc.ServerCredentials | None:
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def _write_port_file(path: Path, port: int) -> None:
+    """Tells the worker supervisor where this worker serves metrics (a tiny local write)."""
+    path.write_text(str(port))
 
 
 def open_store(config: Config) -> Store:
@@ -122,7 +143,9 @@ class Sidecar:
         except (OSError, ValueError) as exc:
             raise StartupError(f"token key file (storage.token_key_file): {exc}") from None
         endpoints = EndpointPolicy(parse_cidrs(self.config.upstream.allowed_cidrs))
-        self.control = await ControlPlane.load(self.store, cipher, instance.deployment, catalog, endpoints)
+        self.control = await ControlPlane.load(
+            self.store, cipher, instance.deployment, catalog, endpoints, self.config.storage.user_cache_size
+        )
         lost = self.control.undecryptable_tokens()
         if lost:
             log.error(
@@ -139,6 +162,8 @@ class Sidecar:
         self.metrics.observe(self.control, self.completer, self.refresher, refresh_seconds, GRPC_SERVICES)
         try:
             self.metrics_port = await self.metrics_server.start(self.config.metrics.listen)
+            if self.config.metrics.port_file:
+                _write_port_file(Path(self.config.metrics.port_file), self.metrics_port)
         except OSError as exc:
             listen = self.config.metrics.listen
             raise StartupError(f"cannot serve metrics on {listen} (metrics.listen): {exc}") from None
@@ -158,8 +183,9 @@ class Sidecar:
                 GrpcMetricsInterceptor(self.metrics),
             ],
             options=[
-                # No SO_REUSEPORT: a second sidecar on a busy port must fail, not silently share it.
-                ("grpc.so_reuseport", 0),
+                # No SO_REUSEPORT unless this is one of several workers: a second sidecar on a busy port must
+                # fail, not silently share it.
+                ("grpc.so_reuseport", int(self.config.server.reuse_port)),
                 ("grpc.max_receive_message_length", self.config.server.max_receive_message_bytes),
             ],
         )
@@ -196,7 +222,11 @@ class Sidecar:
         for name in HEALTH_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         probe = StoreProbe(
-            self.store, self.health, HEALTH_NAMES, self.config.storage.probe_interval_seconds, self.metrics
+            self.store,
+            self.health,
+            names_down_with_the_store(self.store.backend_name),
+            self.config.storage.probe_interval_seconds,
+            self.metrics,
         )
         self._probe_task = asyncio.create_task(probe.run())
         # Changes committed by other sidecars, workers or CLI commands sharing the store.

@@ -177,3 +177,60 @@ def test_sidecar_cut_off_from_postgres_serves_its_snapshot_and_catches_up(tmp_pa
                 first.pin(10, "gpt_5_mini")  # a setting changed once the database is back
                 wait_for(lambda: model_of(second, 1) == "gpt_5_mini", PROPAGATION_SECONDS)
                 assert waited < 15
+
+
+def _config_versions(metrics_address: str) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        sample.labels["worker"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "duo_routing_config_version"
+        for sample in family.samples
+    }
+
+
+def test_workers_share_the_port_and_see_each_others_changes(tmp_path: Path) -> None:
+    config, port = config_for(tmp_path / "node", f'[storage]\npath = "{tmp_path / "db" / "s.db"}"', tmp_path / "k")
+    metrics = f"127.0.0.1:{free_port()}"
+    config.write_text(config.read_text().replace("[metrics]\n", f'[metrics]\nlisten = "{metrics}"\n#'))
+    config.write_text(config.read_text().replace("[server]\n", "[server]\nworkers = 2\n"))
+    with run_sidecar(config, port) as supervisor:
+        wait_for(lambda: len(_config_versions(metrics)) == 2, 20)  # both workers up
+        client = Client(supervisor)
+        client.pin(10, "gpt_5")
+        # The change landed on one worker; the other follows through the store within a second.
+        waited = wait_for(lambda: set(_config_versions(metrics).values()) == {1.0}, PROPAGATION_SECONDS)
+        assert waited < PROPAGATION_SECONDS
+        for _ in range(10):  # fresh connections, spread over the workers by the kernel
+            fresh = Client(supervisor)
+            assert model_of(fresh, 1, namespace=10) == "gpt_5"
+            fresh.channel.close()
+        client.channel.close()
+
+
+def test_health_during_a_postgres_outage_keeps_routing_in_service(tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    with fresh_postgres() as dsn:
+        target = urlsplit(dsn)
+        with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+            storage = f'[storage]\nbackend = "postgres"\ndsn = "{_through(proxy, dsn)}"\nprobe_interval_seconds = 0.2'
+            with sidecars([storage], tmp_path) as (client,):
+                health = health_pb2_grpc.HealthStub(client.channel)
+
+                def status(name: str) -> int:
+                    return int(health.Check(health_pb2.HealthCheckRequest(service=name), timeout=2).status)
+
+                proxy.cut()
+                wait_for(lambda: status("gitlab.duo.routing.v1.Storage") == not_serving, 10)
+                assert status("gitlab.duo.routing.v1.AdminService") == not_serving
+                assert status("gitlab.duo.routing.v1.RoutingService") == serving
+                assert status("") == serving
+                proxy.restore()
+                wait_for(lambda: status("gitlab.duo.routing.v1.Storage") == serving, 15)
