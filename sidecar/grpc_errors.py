@@ -69,31 +69,43 @@ def _storage_unavailable(exc: Exception) -> DuoError:
     )
 
 
-@contextlib.asynccontextmanager
-async def errors_as_status(context: grpc.aio.ServicerContext, rpc: str) -> AsyncIterator[None]:
-    """Inside a servicer method: DuoError and storage failures end the RPC with a documented status."""
-    try:
-        yield
-    except DuoError as error:
+# Errors that end an RPC with a documented status rather than UNKNOWN.
+_ANSWERED_ERRORS: tuple[type[Exception], ...] = (DuoError, *STORAGE_ERRORS)
+
+
+async def abort_for(error: Exception, context: grpc.aio.ServicerContext, rpc: str) -> None:
+    """Ends the RPC with the documented status for a DuoError or a storage failure (and raises)."""
+    if isinstance(error, DuoError):
         note_error_reason(error.reason)  # for the RPC's access log line
         await context.abort_with_status(status_for(error))
-    except STORAGE_ERRORS as exc:
-        log.exception("storage error in %s", rpc)
-        unavailable = _storage_unavailable(exc)
-        note_error_reason(unavailable.reason)
-        await context.abort_with_status(status_for(unavailable))
+    log.exception("storage error in %s", rpc, exc_info=error)
+    unavailable = _storage_unavailable(error)
+    note_error_reason(unavailable.reason)
+    await context.abort_with_status(status_for(unavailable))
+
+
+@contextlib.asynccontextmanager
+async def errors_as_status(context: grpc.aio.ServicerContext, rpc: str) -> AsyncIterator[None]:
+    """Inside a streaming servicer method: DuoError and storage failures end the RPC with a documented status."""
+    try:
+        yield
+    except _ANSWERED_ERRORS as error:
+        await abort_for(error, context, rpc)
 
 
 def translate_errors(
     method: Callable[..., Awaitable[R]],
 ) -> Callable[..., Awaitable[R]]:
-    """Decorates a unary servicer method with errors_as_status."""
+    """Decorates a unary servicer method like errors_as_status; a plain try costs less on the hot path."""
+    name = method.__name__
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
-        async with errors_as_status(context, method.__name__):
+        try:
             return await method(self, request, context)
-        raise AssertionError("unreachable: abort raises")
+        except _ANSWERED_ERRORS as error:
+            await abort_for(error, context, name)
+            raise AssertionError("unreachable: abort raises") from None
 
     return wrapper
 

@@ -6,8 +6,7 @@ No I/O and no gRPC types: the servicers translate, this module decides.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from sidecar.catalog import FeatureInfo
 from sidecar.domain import DeploymentType, FeatureProvider, Provider, SelectionSource, SelfHostedModel
@@ -26,8 +25,8 @@ DEFAULT_NAMESPACE_REQUIRED_MESSAGE = (
 DEFAULT_NAMESPACE_SETTING = "Preferences > Behavior > Default GitLab Duo namespace"
 
 
-@dataclass(frozen=True, slots=True)
-class Resolution:
+# NamedTuples, not frozen dataclasses: as immutable, and several microseconds cheaper to build on the hot path.
+class Resolution(NamedTuple):
     """Which model serves a request, and why."""
 
     provider: Provider
@@ -43,8 +42,7 @@ class Resolution:
     self_hosted_model: SelfHostedModel | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Choice:
+class Choice(NamedTuple):
     """The catalog model a pin scope (a namespace or the instance) gives a feature."""
 
     identifier: str
@@ -53,8 +51,7 @@ class Choice:
     pinned_model_unavailable: bool
 
 
-@dataclass(frozen=True, slots=True)
-class UserDefaults:
+class UserDefaults(NamedTuple):
     """A user's seats and default namespace, as rules 2 to 7 read them."""
 
     seats: frozenset[int]
