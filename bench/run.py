@@ -29,10 +29,10 @@ from types import FrameType
 
 import grpc
 
-from bench import h2load
+from bench import h2load, postgres
 from bench.h2load import Load, Result
 from bench.seed import SCENARIOS, Scenario, seed_admin, seed_large
-from gitlab.duo.routing.v1 import routing_pb2, types_pb2
+from gitlab.duo.routing.v1 import routing_pb2, routing_pb2_grpc, types_pb2
 from sidecar.config import load_config
 from tests.helpers import BIN, REPO, free_port, wait_serving, write_config
 
@@ -53,6 +53,7 @@ class Settings:
     # noise (both servers alike) was larger than the differences being measured.
     server_cpus: str
     h2load_cpus: str
+    postgres_dsn: str = ""  # admin DSN: the run gets a fresh database there instead of SQLite
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -170,6 +171,7 @@ class Report:
     sidecar_rss_mib_at_end: float
     sidecar_peak_rss_mib: float
     scenarios: list[ScenarioReport]
+    cold_miss: dict[str, float] = dataclasses.field(default_factory=dict)
     targets: int = 0
     failed: int = 0
     total_seconds: float = 0.0
@@ -287,17 +289,55 @@ def bench_scenario(scenario: Scenario, sidecar: Server, settings: Settings, work
     )
 
 
+COLD_USERS = 2000
+
+
+def cold_misses(address: str) -> dict[str, float]:
+    """Latency of ResolveModel for users the sidecar has not seen (one store query each), against the same
+    calls once they are cached; sequential, from one client."""
+
+    def timed(users: range) -> list[float]:
+        latencies = []
+        with grpc.insecure_channel(address) as channel:
+            stub = routing_pb2_grpc.RoutingServiceStub(channel)
+            for user in users:
+                started = time.perf_counter()
+                stub.ResolveModel(routing_pb2.ResolveModelRequest(user_id=user, feature="duo_chat"), timeout=10)
+                latencies.append((time.perf_counter() - started) * 1000)
+        return sorted(latencies)
+
+    users = range(300_001, 300_001 + COLD_USERS)  # seeded users no scenario touched
+    cold, warm = timed(users), timed(users)
+
+    def pick(values: list[float], quantile: float) -> float:
+        return values[min(len(values) - 1, int(quantile * len(values)))]
+
+    return {
+        "users": float(COLD_USERS),
+        "cold_p50_ms": pick(cold, 0.5),
+        "cold_p99_ms": pick(cold, 0.99),
+        "warm_p50_ms": pick(warm, 0.5),
+        "warm_p99_ms": pick(warm, 0.99),
+    }
+
+
 def benchmark(settings: Settings) -> Report:
     with tempfile.TemporaryDirectory(prefix="duo-bench-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         port = free_port()
-        config = write_config(workdir, "gitlab_com", port)
+        storage = ""
+        if settings.postgres_dsn:
+            dsn = stack.enter_context(postgres.fresh_database(settings.postgres_dsn))
+            # Lands in write_config's [storage] section, right after its path.
+            storage = f'backend = "postgres"\ndsn = "{dsn}"\ntoken_key_file = "{workdir / "token.key"}"\n'
+        config = write_config(workdir, "gitlab_com", port, storage)
         seed_seconds = 0.0
         if settings.large:
-            print("seeding 1,000,000 seat assignments and 100,000 namespace pins into SQLite", flush=True)
+            where = "PostgreSQL" if storage else "SQLite"
+            print(f"seeding 1,000,000 seat assignments and 100,000 namespace pins into {where}", flush=True)
             migrate = [str(BIN / "duo-sidecar"), "migrate", "--config", str(config)]
             subprocess.run(migrate, check=True, capture_output=True)
-            seed_seconds = seed_large(Path(load_config(config).storage.path))
+            seed_seconds = postgres.seed_large(dsn) if storage else seed_large(Path(load_config(config).storage.path))
 
         def serving(server: Server) -> None:
             wait_serving(server.address, timeout=300 if settings.large else 30, process=server.process)
@@ -313,6 +353,7 @@ def benchmark(settings: Settings) -> Report:
         seed_admin(sidecar.address)
 
         scenarios = [bench_scenario(s, sidecar, settings, workdir) for s in SCENARIOS]
+        cold = cold_misses(sidecar.address) if settings.large else {}
         return Report(
             h2load=h2load.version(),
             settings=settings,
@@ -322,6 +363,7 @@ def benchmark(settings: Settings) -> Report:
             sidecar_rss_mib_at_end=sidecar.rss_mib(),
             sidecar_peak_rss_mib=sidecar.rss_mib("VmHWM"),
             scenarios=scenarios,
+            cold_miss=cold,
         )
 
 
@@ -348,7 +390,8 @@ def print_report(report: Report) -> None:
         f"{pinning}; req/s is the median round, p50/p99 are over every request, from h2load's per-request log"
     )
     if s.large:
-        print("with 1,000,000 seat assignments and 100,000 namespace pins loaded")
+        backend = "PostgreSQL" if s.postgres_dsn else "SQLite"
+        print(f"with 1,000,000 seat assignments and 100,000 namespace pins loaded ({backend})")
     for scenario in report.scenarios:
         request = ", ".join(f"{k} {v}" for k, v in scenario.request.items())
         print()
@@ -384,6 +427,12 @@ def print_report(report: Report) -> None:
     print()
     if s.large:
         print(f"large data set written in {report.large_seed_seconds:.1f} s")
+    if report.cold_miss:
+        c = report.cold_miss
+        print(
+            f"cold misses ({c['users']:.0f} never-seen users, sequential): p50 / p99 {c['cold_p50_ms']:.2f} / "
+            f"{c['cold_p99_ms']:.2f} ms; the same users warm: {c['warm_p50_ms']:.2f} / {c['warm_p99_ms']:.2f} ms"
+        )
     print(
         f"sidecar: SERVING {report.sidecar_startup_seconds:.2f} s after start; RSS "
         f"{report.sidecar_rss_mib_at_serving:.1f} MiB at SERVING, {report.sidecar_rss_mib_at_end:.1f} MiB "
@@ -411,9 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs per server and point (3)")
     parser.add_argument("--seconds", type=float, default=2.0, help="measured seconds per run (2)")
     parser.add_argument("--no-pin", action="store_true", help="let the OS place servers and h2load")
+    parser.add_argument("--postgres", metavar="DSN", default="", help="run on a fresh database of this server")
     args = parser.parse_args(argv)
     pin = not args.no_pin and (os.cpu_count() or 1) >= 2
-    settings = Settings(args.rounds, args.seconds, args.large, "0" if pin else "", "1" if pin else "")
+    settings = Settings(args.rounds, args.seconds, args.large, "0" if pin else "", "1" if pin else "", args.postgres)
     signal.signal(signal.SIGTERM, _terminate)
 
     h2load.ensure_installed()

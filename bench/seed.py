@@ -75,7 +75,7 @@ def seed_admin(address: str) -> None:
         admin.SyncSeatAssignments(iter([batch]), metadata=metadata, timeout=30)
 
 
-def _large_pins(now: str) -> Iterator[tuple[int, str, str, str]]:
+def large_pins(now: str) -> Iterator[tuple[int, str, str, str]]:
     # Namespaces 1..100,000 each pin one feature to one of its selectable models, spread over the catalog.
     features = [f for f in load_catalog().features.values() if f.selectable_models]
     for namespace_id in range(1, LARGE_PINS + 1):
@@ -84,7 +84,7 @@ def _large_pins(now: str) -> Iterator[tuple[int, str, str, str]]:
         yield namespace_id, info.name, model, now
 
 
-def _large_seats() -> Iterator[tuple[int, int]]:
+def large_seats() -> Iterator[tuple[int, int]]:
     # 800,000 users with one seat and 200,000 of them with a second one: 1,000,000 rows, no duplicates.
     single = LARGE_SEATS * 4 // 5
     for user_id in range(1, single + 1):
@@ -102,9 +102,9 @@ def seed_large(database: Path) -> float:
         db.executemany(
             "INSERT INTO namespace_model_selections (namespace_id, feature, offered_model_ref, update_time) "
             "VALUES (?, ?, ?, ?)",
-            _large_pins(now),
+            large_pins(now),
         )
-        db.executemany("INSERT INTO seat_assignments (user_id, namespace_id) VALUES (?, ?)", _large_seats())
+        db.executemany("INSERT INTO seat_assignments (user_id, namespace_id) VALUES (?, ?)", large_seats())
         seats = db.execute("SELECT COUNT(*) FROM seat_assignments").fetchone()[0]
         pins = db.execute("SELECT COUNT(*) FROM namespace_model_selections").fetchone()[0]
     db.close()
