@@ -60,6 +60,7 @@ promtool-deps:
 # BENCH_ARGS=--large preloads 1M seats and 100k namespace pins; --strict exits 1 when a target is missed.
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+	$(BIN)/python -m bench.complete
 
 # Builds the Dockerfile on a local debootstrap base with buildah and checks the running image (needs root;
 # see image/README.md). CI runs it after `make test`.
