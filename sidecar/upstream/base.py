@@ -121,23 +121,44 @@ def malformed(request: UpstreamRequest, what: str) -> DuoError:
     )
 
 
-async def openai_sse_events(request: UpstreamRequest, response: aiohttp.ClientResponse) -> AsyncGenerator[Event]:
-    """Reads an OpenAI chat-completions SSE stream (vLLM, Azure OpenAI) into events, as chunks arrive."""
-    finish_reason = ""
-    input_tokens = output_tokens = 0
-    usage_reported = False
-    produced: list[str] = []
-    async for raw in response.content:
+async def _sse_line_batches(response: aiohttp.ClientResponse) -> AsyncGenerator[list[bytes]]:
+    """The complete lines that have arrived, a batch at a time: waits only when nothing is buffered."""
+    partial = b""
+    while True:
+        data = await response.content.readany()
+        if not data:
+            if partial:
+                yield [partial]
+            return
+        lines = (partial + data).split(b"\n")
+        partial = lines.pop()
+        if lines:
+            yield lines
+
+
+class _OpenAIStream:
+    """State of one OpenAI chat-completions stream while its SSE lines are read."""
+
+    def __init__(self, request: UpstreamRequest) -> None:
+        self.request = request
+        self.finish_reason = ""
+        self.input_tokens = self.output_tokens = 0
+        self.usage_reported = False
+        self.done = False
+        self.produced: list[str] = []
+
+    def text_of(self, raw: bytes) -> str:
+        """The generated text one SSE line carries ('' for none); records finish reason, usage and [DONE]."""
+        request = self.request
         line = raw.decode("utf-8", errors="replace").strip()
-        if not line or line.startswith(":"):
-            continue
+        if not line or line.startswith(":") or line.startswith(("event:", "id:", "retry:")):
+            return ""
         if not line.startswith("data:"):
-            if line.startswith(("event:", "id:", "retry:")):
-                continue
             raise malformed(request, f"unexpected line {line[:80]!r}")
         data = line[5:].strip()
         if data == "[DONE]":
-            break
+            self.done = True
+            return ""
         try:
             chunk = json.loads(data)
         except json.JSONDecodeError:
@@ -155,34 +176,49 @@ async def openai_sse_events(request: UpstreamRequest, response: aiohttp.ClientRe
             )
         usage = chunk.get("usage")
         if isinstance(usage, dict):
-            input_tokens = int(usage.get("prompt_tokens") or 0)
-            output_tokens = int(usage.get("completion_tokens") or 0)
-            usage_reported = True
+            self.input_tokens = int(usage.get("prompt_tokens") or 0)
+            self.output_tokens = int(usage.get("completion_tokens") or 0)
+            self.usage_reported = True
         choices = chunk.get("choices") or []
         if not isinstance(choices, list):
             raise malformed(request, "'choices' is not a list")
+        text = ""
         for choice in choices[:1]:
             delta = choice.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
-            if text:
-                produced.append(text)
-                yield TextDelta(text)
+            text = (delta.get("content") if isinstance(delta, dict) else None) or ""
             if choice.get("finish_reason"):
-                finish_reason = str(choice["finish_reason"])
-    else:
-        if not finish_reason:
-            raise upstream_error(
-                ErrorCode.UNAVAILABLE,
-                "UPSTREAM_STREAM_BROKEN",
-                request,
-                f"{request.description} closed the stream before the completion finished",
-            )
-    if not finish_reason:
-        finish_reason = "stop"
-    if not usage_reported:
+                self.finish_reason = str(choice["finish_reason"])
+        return text
+
+
+async def openai_sse_events(request: UpstreamRequest, response: aiohttp.ClientResponse) -> AsyncGenerator[Event]:
+    """Reads an OpenAI chat-completions SSE stream (vLLM, Azure OpenAI) into events.
+
+    Text is forwarded as soon as it arrives; chunks that arrived together go out as one delta, which saves
+    the caller and the sidecar a gRPC message per chunk without ever waiting for more.
+    """
+    stream = _OpenAIStream(request)
+    async for lines in _sse_line_batches(response):
+        text = "".join(stream.text_of(line) for line in lines if not stream.done)
+        if text:
+            stream.produced.append(text)
+            yield TextDelta(text)
+        if stream.done:
+            break
+    if not stream.done and not stream.finish_reason:
+        raise upstream_error(
+            ErrorCode.UNAVAILABLE,
+            "UPSTREAM_STREAM_BROKEN",
+            request,
+            f"{request.description} closed the stream before the completion finished",
+        )
+    input_tokens, output_tokens = stream.input_tokens, stream.output_tokens
+    if not stream.usage_reported:
         prompt = "".join(str(m.get("content", "")) for m in request.body.get("messages", []))
-        input_tokens, output_tokens = estimate_tokens(prompt), estimate_tokens("".join(produced))
-    yield Finished(finish_reason, input_tokens, output_tokens, usage_estimated=not usage_reported)
+        input_tokens, output_tokens = estimate_tokens(prompt), estimate_tokens("".join(stream.produced))
+    yield Finished(
+        stream.finish_reason or "stop", input_tokens, output_tokens, usage_estimated=not stream.usage_reported
+    )
 
 
 async def raw_text_events(request: UpstreamRequest, response: aiohttp.ClientResponse) -> AsyncGenerator[Event]:
