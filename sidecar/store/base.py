@@ -28,6 +28,30 @@ class StoredState:
     api_tokens: dict[str, EncryptedToken] = field(default_factory=dict)
 
 
+def seat_effects(
+    held: set[tuple[int, int]], changes: Sequence[SeatChange]
+) -> tuple[list[SeatChange], list[tuple[int, int]], list[tuple[int, int]]]:
+    """The changes that alter the held seats (in order), and the net rows to add and to remove.
+
+    Net, so an assign-then-remove in one batch writes nothing. `held` is updated in place.
+    """
+    effective: list[SeatChange] = []
+    for change in changes:
+        key = (change.user_id, change.namespace_id)
+        if change.assigned and key not in held:
+            held.add(key)
+            effective.append(change)
+        elif not change.assigned and key in held:
+            held.discard(key)
+            effective.append(change)
+    net: dict[tuple[int, int], bool] = {}
+    for change in effective:
+        net[(change.user_id, change.namespace_id)] = change.assigned
+    added = [key for key, assigned in net.items() if assigned]
+    removed = [key for key, assigned in net.items() if not assigned]
+    return effective, added, removed
+
+
 class KeepToken:
     """Marker: leave a stored API token as it is."""
 

@@ -29,7 +29,15 @@ from sidecar.domain import (
     SeatChange,
     SelfHostedModel,
 )
-from sidecar.store.base import KeepToken, SchemaTooNewError, Store, StoredState, StoreTx, StoreUnavailableError
+from sidecar.store.base import (
+    KeepToken,
+    SchemaTooNewError,
+    Store,
+    StoredState,
+    StoreTx,
+    StoreUnavailableError,
+    seat_effects,
+)
 from sidecar.store.migrations import LATEST_VERSION, MIGRATIONS
 from sidecar.tokens import EncryptedToken
 from sidecar.users import UserRouting
@@ -236,21 +244,7 @@ class PostgresTx(StoreTx):
             "SELECT user_id, namespace_id FROM seat_assignments WHERE user_id = ANY($1::bigint[])", users
         )
         held = {(int(r[0]), int(r[1])) for r in rows}
-        effective: list[SeatChange] = []
-        for change in changes:
-            key = (change.user_id, change.namespace_id)
-            if change.assigned and key not in held:
-                held.add(key)
-                effective.append(change)
-            elif not change.assigned and key in held:
-                held.discard(key)
-                effective.append(change)
-        # Net effect per seat, so an assign-then-remove in one batch writes nothing.
-        net: dict[tuple[int, int], bool] = {}
-        for change in effective:
-            net[(change.user_id, change.namespace_id)] = change.assigned
-        added = [key for key, assigned in net.items() if assigned]
-        removed = [key for key, assigned in net.items() if not assigned]
+        effective, added, removed = seat_effects(held, changes)
         if added:
             await self._db.execute(
                 """

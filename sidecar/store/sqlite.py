@@ -22,7 +22,7 @@ from sidecar.domain import (
     SeatChange,
     SelfHostedModel,
 )
-from sidecar.store.base import KeepToken, Store, StoredState, StoreTx
+from sidecar.store.base import KeepToken, Store, StoredState, StoreTx, seat_effects
 from sidecar.store.base import SchemaTooNewError as SchemaTooNewError  # re-exported: callers import it from here
 from sidecar.store.migrations import LATEST_VERSION, MIGRATIONS
 from sidecar.tokens import EncryptedToken
@@ -243,26 +243,14 @@ class SQLiteTx(StoreTx):
                 f"SELECT user_id, namespace_id FROM seat_assignments WHERE user_id IN ({marks})", chunk
             ) as cursor:
                 held.update((int(r[0]), int(r[1])) for r in await cursor.fetchall())
-        effective: list[SeatChange] = []
-        for change in changes:
-            key = (change.user_id, change.namespace_id)
-            if change.assigned and key not in held:
-                held.add(key)
-                effective.append(change)
-            elif not change.assigned and key in held:
-                held.discard(key)
-                effective.append(change)
-        # Net effect per seat, so an assign-then-remove in one batch writes nothing.
-        net: dict[tuple[int, int], bool] = {}
-        for change in effective:
-            net[(change.user_id, change.namespace_id)] = change.assigned
+        effective, added, removed = seat_effects(held, changes)
         await self._db.executemany(
             "INSERT OR IGNORE INTO seat_assignments (user_id, namespace_id) VALUES (?, ?)",
-            [key for key, assigned in net.items() if assigned],
+            added,
         )
         await self._db.executemany(
             "DELETE FROM seat_assignments WHERE user_id = ? AND namespace_id = ?",
-            [key for key, assigned in net.items() if not assigned],
+            removed,
         )
         return effective
 
