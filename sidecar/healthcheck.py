@@ -38,11 +38,25 @@ def probe_address(listen: str) -> str:
     return f"{host}:{port}"
 
 
-def check(address: str, service: str = "", timeout: float = DEFAULT_TIMEOUT_SECONDS) -> HealthResult:
-    """Runs Health.Check once; never raises for an unhealthy or unreachable server."""
+def _channel(address: str, credentials: grpc.ChannelCredentials | None, server_name: str) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(address)
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def check(
+    address: str,
+    service: str = "",
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    credentials: grpc.ChannelCredentials | None = None,
+    server_name: str = "",
+) -> HealthResult:
+    """Runs Health.Check once (over TLS when credentials are given); never raises for an unhealthy or
+    unreachable server."""
     subject = f"service {service!r}" if service else "overall health"
     try:
-        with grpc.insecure_channel(address) as channel:
+        with _channel(address, credentials, server_name) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout
             )
@@ -85,23 +99,48 @@ def add_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help=f"seconds to wait for the answer (default {DEFAULT_TIMEOUT_SECONDS:g})",
     )
     sub.add_argument("--config", type=Path, help="TOML file (default: built-in defaults)")
+    tls = sub.add_argument_group(
+        "TLS", "when the configuration serves TLS, the check uses it too; by default it trusts server.tls_cert_file"
+    )
+    tls.add_argument("--tls-ca", type=Path, metavar="PATH", help="CA certificate that signed the server's")
+    tls.add_argument("--tls-cert", type=Path, metavar="PATH", help="client certificate (mutual TLS)")
+    tls.add_argument("--tls-key", type=Path, metavar="PATH", help="client private key (mutual TLS)")
+    tls.add_argument("--tls-server-name", default="", help="name to verify in the server's certificate")
     sub.set_defaults(run=run)
+
+
+def _credentials(args: argparse.Namespace, server_cert: str) -> grpc.ChannelCredentials | None:
+    """TLS credentials when asked for on the command line or when the configuration serves TLS."""
+    ca: Path | None = args.tls_ca or (Path(server_cert) if server_cert else None)
+    if ca is None and args.tls_cert is None:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes() if ca else None,
+        private_key=args.tls_key.read_bytes() if args.tls_key else None,
+        certificate_chain=args.tls_cert.read_bytes() if args.tls_cert else None,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     address: str | None = args.address
+    try:
+        server = load_config(args.config).server
+    except ConfigError as exc:
+        # Exit 1, not 2: container runtimes reserve 2, and a probe that cannot run is a failed probe.
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
+    try:
+        credentials = _credentials(args, server.tls_cert_file)
+    except OSError as exc:
+        print(f"unhealthy: cannot read a TLS file: {exc}", file=sys.stderr)
+        return 1
     if address is None:
-        try:
-            listen = load_config(args.config).server.listen
-        except ConfigError as exc:
-            # Exit 1, not 2: container runtimes reserve 2, and a probe that cannot run is a failed probe.
-            print(f"unhealthy: {exc}", file=sys.stderr)
-            return 1
+        listen = server.listen
         address = probe_address(listen)
         if address.endswith(":0"):
             print(f"unhealthy: server.listen {listen} uses a random port; pass --address", file=sys.stderr)
             return 1
-    result = check(address, args.service, args.timeout)
+    result = check(address, args.service, args.timeout, credentials, args.tls_server_name)
     if result.healthy:
         print(result.message)
         return 0

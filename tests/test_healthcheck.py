@@ -88,3 +88,30 @@ def test_configuration_error_exits_1_not_2(tmp_path: Path) -> None:
 )
 def test_probe_address(listen: str, expected: str) -> None:
     assert probe_address(listen) == expected
+
+
+def test_checks_a_tls_sidecar(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    from tests.certs import make_pki
+    from tests.helpers import write_config
+
+    pki = make_pki(tmp_path)
+    port = free_port()
+    config = write_config(tmp_path, "self_managed", port)
+    tls = f'[server]\ntls_cert_file = "{pki.server_cert}"\ntls_key_file = "{pki.server_key}"\n'
+    config.write_text(config.read_text().replace("[server]\n", tls, 1))
+    process = subprocess.Popen([str(BIN / "duo-sidecar"), "serve", "--config", str(config)], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while (result := healthcheck("--config", str(config), "--tls-ca", str(pki.ca))).returncode != 0:
+            assert time.monotonic() < deadline, result.stderr
+            time.sleep(0.2)
+        assert one_line(result) == f"SERVING: 127.0.0.1:{port} overall health"
+        # A plaintext probe of a TLS port is a failed probe, not a hang.
+        plaintext = healthcheck("--address", f"127.0.0.1:{port}", "--timeout", "3")
+        assert plaintext.returncode == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=15)
