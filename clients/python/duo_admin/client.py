@@ -26,6 +26,7 @@ from grpc_status import rpc_status
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from sidecar.auth import sign_token
+from sidecar.errors import FieldViolation, PreconditionViolation
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -81,23 +82,6 @@ def validated_actor(actor: str) -> str:
     if not (actor.isascii() and actor.isprintable()) or len(actor) > MAX_ACTOR_LENGTH:
         raise ValueError(f"the actor must be printable ASCII, at most {MAX_ACTOR_LENGTH} characters; got {actor!r}")
     return actor
-
-
-@dataclass(frozen=True)
-class FieldViolation:
-    """A google.rpc.BadRequest field violation: which request field is wrong and why."""
-
-    field: str
-    description: str
-
-
-@dataclass(frozen=True)
-class PreconditionViolation:
-    """A google.rpc.PreconditionFailure violation."""
-
-    type: str
-    subject: str
-    description: str
 
 
 @dataclass
