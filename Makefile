@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 
-.PHONY: run test lint typecheck pytest proto bench install clean image-test
+.PHONY: run test test-long lint typecheck pytest proto bench install clean image-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ pytest: install
 	$(BIN)/pytest -q
 
 test: ruby-deps promtool-deps lint typecheck pytest
+
+# Long concurrency runs, kept out of `make test` for time; CI runs them too. 24 random interleavings per backend:
+# a bug that shows one time in four cannot pass.
+test-long: install
+	DUO_SIDECAR_CONVERGENCE_ROUNDS=24 $(BIN)/pytest -q tests/test_convergence.py
 
 proto: install ruby-deps
 	$(BIN)/python proto/generate.py
@@ -61,6 +66,7 @@ promtool-deps:
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.complete
+	$(BIN)/python -m bench.propagation
 
 # Builds the Dockerfile on a local debootstrap base with buildah and checks the running image (needs root;
 # see image/README.md). CI runs it after `make test`.

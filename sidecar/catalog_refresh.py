@@ -12,9 +12,9 @@ from pathlib import Path
 
 from sidecar.catalog import Catalog, CatalogError, bundled_features_metadata, load_catalog, parse_catalog
 from sidecar.completion import Completer
-from sidecar.control import ControlPlane
 from sidecar.errors import DuoError, ErrorCode, failed_precondition
 from sidecar.snapshot import Snapshot
+from sidecar.state import ConfigState
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ def startup_catalog(explicit_path: str, cache_path: Path) -> Catalog:
 
 
 class CatalogRefresher:
-    def __init__(self, control: ControlPlane, completer: Completer, cache_path: Path, pinned_path: str = "") -> None:
-        self.control = control
+    def __init__(self, state: ConfigState, completer: Completer, cache_path: Path, pinned_path: str = "") -> None:
+        self.state = state
         self.pinned_path = pinned_path  # instance.catalog_path: the operator's catalog is never replaced
         self.completer = completer
         self.cache_path = cache_path
@@ -94,13 +94,13 @@ class CatalogRefresher:
                 "the AI Gateway's model catalog lists no features; the current catalog stays in use",
             )
         self.refreshed_at = time.time()
-        previous = self.control.snapshot.catalog
+        previous = self.state.snapshot.catalog
         changed = catalog.version != previous.version
         if changed:
             self._save(document)
-            await self.control.replace_catalog(catalog)
+            await self.state.replace_catalog(catalog)
             log.info("model catalog refreshed: %s -> %s", previous.version, catalog.version)
-        return RefreshResult(catalog.version, changed, unavailable_pins(self.control.snapshot, catalog))
+        return RefreshResult(catalog.version, changed, unavailable_pins(self.state.snapshot, catalog))
 
     def _save(self, document: object) -> None:
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,5 +115,5 @@ class CatalogRefresher:
                 await self.refresh()
             except DuoError as error:
                 log.warning(
-                    "catalog refresh failed, keeping catalog %s: %s", self.control.snapshot.catalog.version, error
+                    "catalog refresh failed, keeping catalog %s: %s", self.state.snapshot.catalog.version, error
                 )

@@ -19,7 +19,6 @@ import aiohttp
 
 from sidecar.catalog import FeatureInfo
 from sidecar.config import UpstreamConfig
-from sidecar.control import ControlPlane
 from sidecar.domain import Platform, Provider, SelfHostedModel
 from sidecar.endpoints import EndpointPolicy, GuardedResolver
 from sidecar.errors import DuoError, ErrorCode, failed_precondition, invalid_argument
@@ -38,6 +37,7 @@ from sidecar.upstream.base import (
     upstream_error,
 )
 from sidecar.upstream.resilience import BreakerState, CircuitBreaker, InFlightLimit
+from sidecar.vault import TokenVault
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,17 @@ class _Retryable(Exception):
 
 
 class Completer:
-    def __init__(self, config: UpstreamConfig, gateway: targets.GatewaySettings, control: ControlPlane) -> None:
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        gateway: targets.GatewaySettings,
+        vault: TokenVault,
+        endpoints: EndpointPolicy,
+    ) -> None:
         self.config = config
         self.gateway = gateway
-        self.control = control
+        self.vault = vault
+        self.endpoints = endpoints
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self.limits: dict[str, InFlightLimit] = {}
@@ -138,7 +145,7 @@ class Completer:
         """The allow-list is for self-hosted endpoints; the AI Gateway is the operator's own configuration."""
         if endpoint_key == targets.origin(self.gateway.base_url):
             return EndpointPolicy()
-        return self.control.endpoints
+        return self.endpoints
 
     def _session(self, endpoint_key: str) -> aiohttp.ClientSession:
         session = self._sessions.get(endpoint_key)
@@ -190,7 +197,7 @@ class Completer:
     def _self_hosted(
         self, model: SelfHostedModel, messages: Sequence[ChatMessage], params: CompletionParams, correlation_id: str
     ) -> UpstreamRequest:
-        token = self.control.api_token(model.id)
+        token = self.vault.api_token(model.id)
         if model.platform is Platform.AZURE_OPENAI:
             return targets.azure_openai(
                 model_name=model.name,

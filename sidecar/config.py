@@ -83,6 +83,9 @@ class StorageConfig:
     token_key_file: str = ""
     user_cache_size: int = 200_000  # users whose seats and default namespace stay in memory (GitLab.com)
     probe_interval_seconds: float = 5.0  # health turns NOT_SERVING when a probe of the store fails
+    # The longest any storage wait may take: connecting, a free pooled connection, one statement, a lock. A database
+    # that stops answering (a network partition) fails calls with UNAVAILABLE after this, instead of hanging them.
+    timeout_seconds: float = 5.0
 
     @property
     def data_dir(self) -> Path:
@@ -93,6 +96,7 @@ class StorageConfig:
         return Path(self.token_key_file) if self.token_key_file else self.data_dir / "token.key"
 
 
+MAX_STORAGE_TIMEOUT_SECONDS = 3600.0  # PostgreSQL takes its timeouts in int32 milliseconds; longer is a hang anyway
 MIN_SECRET_LENGTH = 16
 
 
@@ -241,8 +245,12 @@ def _validate(config: Config, where: Mapping[str, str]) -> None:
         raise ConfigError(f"{at('log', 'level')}: must be one of {', '.join(LOG_LEVELS)}")
     if config.log.format not in LOG_FORMATS:
         raise ConfigError(f"{at('log', 'format')}: must be one of {', '.join(LOG_FORMATS)}")
-    if config.storage.probe_interval_seconds <= 0:
+    if not config.storage.probe_interval_seconds > 0:
         raise ConfigError(f"{at('storage', 'probe_interval_seconds')}: must be positive")
+    if not 0 < config.storage.timeout_seconds <= MAX_STORAGE_TIMEOUT_SECONDS:
+        raise ConfigError(
+            f"{at('storage', 'timeout_seconds')}: must be positive and at most {MAX_STORAGE_TIMEOUT_SECONDS:g}"
+        )
     for key in ("client_secret_file", "admin_secret_file"):
         path = getattr(config.auth, key)
         if path and not Path(path).is_file():

@@ -1,22 +1,20 @@
-"""The control plane: admin operations on domain types. Each one validates, commits to the store, then
-publishes a new snapshot, holding one lock so snapshots follow the commit order.
+"""Admin commands on domain types: each one validates its input against the configuration this process holds,
+then commits through the change pipeline (sidecar.pipeline), which applies it here and on every worker.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import urlparse
 
-import immutables
-
-from sidecar.catalog import Catalog, FeatureInfo
+from sidecar.catalog import FeatureInfo
 from sidecar.domain import (
+    Change,
+    ChangeKind,
     DeploymentType,
     FeatureProvider,
     FeatureSetting,
@@ -27,18 +25,18 @@ from sidecar.domain import (
 )
 from sidecar.endpoints import EndpointPolicy
 from sidecar.errors import DuoError, ErrorCode, failed_precondition, invalid_argument, not_found
+from sidecar.pipeline import Audit, ChangePipeline, Staged
 from sidecar.policy import feature_info
 from sidecar.snapshot import Snapshot
-from sidecar.store.base import KEEP_TOKEN, KeepToken, Store, StoredState
-from sidecar.tokens import EncryptedToken, Keyring, TokenKeyError
-from sidecar.users import NO_USER_DATA, UserDirectory, UserRouting
+from sidecar.state import ConfigState
+from sidecar.store.base import KeepToken, StoreTx
+from sidecar.tokens import EncryptedToken
 
 MAX_NAME_LENGTH = 255
 MAX_ID_LENGTH = 64
 MAX_ENDPOINT_LENGTH = 2048
 MAX_API_TOKEN_LENGTH = 8192
 MAX_SEAT_CHANGES_PER_BATCH = 10_000
-DEFAULT_USER_CACHE_SIZE = 200_000
 SELF_HOSTED_FIELDS = ("name", "family", "platform", "endpoint", "identifier", "api_token")
 
 
@@ -58,21 +56,6 @@ INSTANCE_SELECTIONS = DeploymentRule(
 NAMESPACE_SELECTIONS = DeploymentRule("Namespace model selections", (DeploymentType.GITLAB_COM,))
 SEAT_ASSIGNMENTS = DeploymentRule("Seat assignments", (DeploymentType.GITLAB_COM,))
 DEFAULT_NAMESPACES = DeploymentRule("Default GitLab Duo namespaces", (DeploymentType.GITLAB_COM,))
-
-
-def build_snapshot(deployment: DeploymentType, catalog: Catalog, state: StoredState) -> Snapshot:
-    pins: dict[int, dict[str, str]] = {}
-    for namespace_id, feature, ref in state.namespace_pins:
-        pins.setdefault(namespace_id, {})[feature] = ref
-    return Snapshot(
-        deployment_type=deployment,
-        catalog=catalog,
-        config_version=state.config_version,
-        self_hosted_models=immutables.Map({m.id: m for m in state.self_hosted_models}),
-        feature_settings=immutables.Map({s.feature: s for s in state.feature_settings}),
-        instance_pins=immutables.Map(state.instance_pins),
-        namespace_pins=immutables.Map({ns: immutables.Map(p) for ns, p in pins.items()}),
-    )
 
 
 def _audit_json(view: object) -> str:
@@ -99,115 +82,19 @@ class SeatSyncResult:
     config_version: int
 
 
-class ControlPlane:
-    def __init__(
-        self,
-        store: Store,
-        keyring: Keyring,
-        snapshot: Snapshot,
-        api_tokens: dict[str, EncryptedToken],
-        endpoints: EndpointPolicy,
-        user_cache_size: int = DEFAULT_USER_CACHE_SIZE,
-    ) -> None:
-        self.store = store
+class AdminCommands:
+    def __init__(self, pipeline: ChangePipeline, endpoints: EndpointPolicy) -> None:
+        self.pipeline = pipeline
+        self.state: ConfigState = pipeline.state
         self.endpoints = endpoints
-        self.users = UserDirectory(store.load_user, user_cache_size)
-        # Every change up to this version is reflected here; later ones come from the change follower.
-        self.synced_version = snapshot.config_version
-        self.on_gap: Callable[[], None] | None = None
-        self.keyring = keyring
-        self.snapshot = snapshot
-        # Encrypted in memory too; decrypted only for the upstream request that needs it.
-        self._api_tokens = dict(api_tokens)
-        self._publish_lock = asyncio.Lock()
 
     @property
     def snapshot(self) -> Snapshot:
-        return self._snapshot
-
-    @snapshot.setter
-    def snapshot(self, snapshot: Snapshot) -> None:
-        """Publishes a snapshot; `published_at` (Unix time) feeds duo_routing_snapshot_published_timestamp_seconds."""
-        self._snapshot = snapshot
-        self.published_at = time.time()
-
-    @classmethod
-    async def load(
-        cls,
-        store: Store,
-        keyring: Keyring,
-        deployment: DeploymentType,
-        catalog: Catalog,
-        endpoints: EndpointPolicy,
-        user_cache_size: int = DEFAULT_USER_CACHE_SIZE,
-    ) -> ControlPlane:
-        state = await store.load_state()
-        snapshot = build_snapshot(deployment, catalog, state)
-        return cls(store, keyring, snapshot, state.api_tokens, endpoints, user_cache_size)
-
-    def _publish(self, snapshot: Snapshot, version: int) -> None:
-        """Swaps in the snapshot of a change this process committed as `version`.
-
-        A gap before it means another process committed in between: the change follower fills it in.
-        """
-        self.snapshot = snapshot.with_version(max(version, snapshot.config_version))
-        if version == self.synced_version + 1:
-            self.synced_version = version
-        elif self.on_gap is not None:
-            self.on_gap()
-
-    async def reload(self, up_to: int | None = None) -> None:
-        """Rebuilds the snapshot from storage (changes made elsewhere); `up_to` is the last change accounted for."""
-        async with self._publish_lock:
-            state = await self.store.load_state()
-            self.snapshot = build_snapshot(self.snapshot.deployment_type, self.snapshot.catalog, state)
-            self._api_tokens = dict(state.api_tokens)
-            self.synced_version = state.config_version if up_to is None else up_to
-
-    def advance_to(self, version: int) -> None:
-        """Changes up to `version` touched only per-user data, already dropped from the user cache."""
-        self.synced_version = max(self.synced_version, version)
-        if version > self.snapshot.config_version:
-            self.snapshot = self.snapshot.with_version(version)
-
-    async def user_routing(self, user_id: int) -> UserRouting:
-        """A user's seats and default namespace; only GitLab.com routing reads them. Cached: no I/O when warm."""
-        if user_id <= 0 or self.snapshot.deployment_type is not DeploymentType.GITLAB_COM:
-            return NO_USER_DATA
-        return self.users.cached(user_id) or await self.users.get(user_id)
-
-    def api_token(self, model_id: str) -> str | None:
-        encrypted = self._api_tokens.get(model_id)
-        if encrypted is None:
-            return None
-        try:
-            return self.keyring.decrypt(encrypted, model_id.encode())
-        except TokenKeyError as exc:
-            raise failed_precondition(
-                "TOKEN_KEY_UNAVAILABLE",
-                f"the API token of self-hosted model {model_id} cannot be decrypted: {exc}. Restore the key file "
-                "from backup, or set the token again (duo-admin models update ID --api-token-file PATH)",
-                subject=f"selfHostedModels/{model_id}",
-            ) from None
-
-    def undecryptable_tokens(self) -> list[str]:
-        """Models whose stored API token no key of the keyring opens (a lost or replaced key file)."""
-        return sorted(m for m, e in self._api_tokens.items() if not self.keyring.has_key(e.key_id))
-
-    def _remember_token(self, model_id: str, token: EncryptedToken | KeepToken | None) -> None:
-        if isinstance(token, EncryptedToken):
-            self._api_tokens[model_id] = token
-        elif token is None:
-            self._api_tokens.pop(model_id, None)
-
-    async def replace_catalog(self, catalog: Catalog) -> None:
-        """Swaps in a refreshed catalog; pins it no longer offers route to defaults from now on."""
-        async with self._publish_lock:
-            self.snapshot = self.snapshot.with_catalog(catalog)
+        return self.state.snapshot
 
     @property
     def deployment(self) -> DeploymentType:
-        return self.snapshot.deployment_type
+        return self.state.snapshot.deployment_type
 
     def require_deployment(self, rule: DeploymentRule) -> None:
         if self.deployment not in rule.allowed:
@@ -241,7 +128,7 @@ class ControlPlane:
             raise invalid_argument("id", f"id is required, at most {MAX_ID_LENGTH} characters")
         model = self.snapshot.self_hosted_models.get(model_id)
         if model is None:
-            raise not_found("self_hosted_model", model_id, f"no self-hosted model with id '{model_id}'")
+            raise _no_model(model_id)
         return model
 
     def list_self_hosted_models(self) -> list[SelfHostedModel]:
@@ -285,10 +172,17 @@ class ControlPlane:
             )
         return replace(fields, name=name)
 
-    def _encrypt(self, model_id: str, token: str | None) -> EncryptedToken | KeepToken | None:
-        if token is None:
-            return KEEP_TOKEN
-        return self.keyring.encrypt(token, model_id.encode()) if token else None
+    def _model_staged(
+        self, model_id: str, model: SelfHostedModel | None, audit: Audit, token: EncryptedToken | KeepToken | None
+    ) -> Staged[None]:
+        vault = self.state.vault
+        return Staged(
+            None,
+            Change(ChangeKind.SELF_HOSTED_MODEL, (model_id,)),
+            audit,
+            patch=lambda snapshot: snapshot.with_self_hosted_model(model_id, model),
+            effects=lambda: vault.remember(model_id, token),
+        )
 
     async def create_self_hosted_model(self, actor: str, fields: SelfHostedModelInput) -> tuple[SelfHostedModel, int]:
         self.require_deployment(SELF_HOSTED_MODELS)
@@ -307,21 +201,16 @@ class ControlPlane:
             create_time=now,
             update_time=now,
         )
-        async with self._publish_lock:
-            async with self.store.transaction() as tx:
-                if await tx.find_self_hosted_model_by_name(model.name):
-                    raise _name_taken(model.name)
-                token = self._encrypt(model_id, fields.api_token or "")
-                await tx.put_self_hosted_model(model, token)
-                version = await tx.record_change(
-                    actor,
-                    "CreateSelfHostedModel",
-                    f"selfHostedModels/{model_id}",
-                    "",
-                    _audit_json(model.audit_view()),
-                )
-            self._publish(self.snapshot.with_self_hosted_model(model_id, model), version)
-            self._remember_token(model_id, token)
+        token = self.state.vault.encrypt(model_id, fields.api_token or "")
+
+        async def write(tx: StoreTx) -> Staged[None]:
+            if await tx.find_self_hosted_model_by_name(model.name):
+                raise _name_taken(model.name)
+            await tx.put_self_hosted_model(model, token)
+            audit = Audit("CreateSelfHostedModel", f"selfHostedModels/{model_id}", "", _audit_json(model.audit_view()))
+            return self._model_staged(model_id, model, audit, token)
+
+        _, version = await self.pipeline.commit(actor, write)
         return model, version
 
     async def update_self_hosted_model(
@@ -352,45 +241,41 @@ class ControlPlane:
         merged = self._validate_model(merged, "self_hosted_model.")
         if merged.endpoint != current.endpoint:
             await self.endpoints.check(merged.endpoint, "self_hosted_model.endpoint")
-        async with self._publish_lock:
-            async with self.store.transaction() as tx:
-                before = await tx.get_self_hosted_model(model_id)
-                if before is None:
-                    raise not_found("self_hosted_model", model_id, f"no self-hosted model with id '{model_id}'")
-                other = await tx.find_self_hosted_model_by_name(merged.name)
-                if other is not None and other.id != model_id:
-                    raise _name_taken(merged.name)
-                if merged.family != before.family:
-                    await self._check_family_still_compatible(
-                        tx_features=await tx.features_using_model(model_id),
-                        family=merged.family,
-                        name=merged.name,
-                    )
-                updated = replace(
-                    before,
-                    name=merged.name,
-                    family=merged.family,
-                    platform=merged.platform,
-                    endpoint=merged.endpoint,
-                    identifier=merged.identifier,
-                    api_token_set=before.api_token_set if merged.api_token is None else bool(merged.api_token),
-                    update_time=datetime.now(UTC),
-                )
-                token = self._encrypt(model_id, merged.api_token)
-                await tx.put_self_hosted_model(updated, token)
-                version = await tx.record_change(
-                    actor,
-                    "UpdateSelfHostedModel",
-                    f"selfHostedModels/{model_id}",
-                    _audit_json(before.audit_view()),
-                    _audit_json(updated.audit_view()),
-                )
-            self._publish(self.snapshot.with_self_hosted_model(model_id, updated), version)
-            self._remember_token(model_id, token)
-        return updated, version
+        token = self.state.vault.encrypt(model_id, merged.api_token)
 
-    async def _check_family_still_compatible(self, tx_features: list[str], family: ModelFamily, name: str) -> None:
-        for feature in tx_features:
+        async def write(tx: StoreTx) -> Staged[SelfHostedModel]:
+            before = await tx.get_self_hosted_model(model_id)
+            if before is None:
+                raise _no_model(model_id)
+            other = await tx.find_self_hosted_model_by_name(merged.name)
+            if other is not None and other.id != model_id:
+                raise _name_taken(merged.name)
+            if merged.family != before.family:
+                self._check_family_still_compatible(await tx.features_using_model(model_id), merged.family, merged.name)
+            updated = replace(
+                before,
+                name=merged.name,
+                family=merged.family,
+                platform=merged.platform,
+                endpoint=merged.endpoint,
+                identifier=merged.identifier,
+                api_token_set=before.api_token_set if merged.api_token is None else bool(merged.api_token),
+                update_time=datetime.now(UTC),
+            )
+            await tx.put_self_hosted_model(updated, token)
+            audit = Audit(
+                "UpdateSelfHostedModel",
+                f"selfHostedModels/{model_id}",
+                _audit_json(before.audit_view()),
+                _audit_json(updated.audit_view()),
+            )
+            staged = self._model_staged(model_id, updated, audit, token)
+            return Staged(updated, staged.change, staged.audit, staged.patch, staged.effects)
+
+        return await self.pipeline.commit(actor, write)
+
+    def _check_family_still_compatible(self, features: list[str], family: ModelFamily, name: str) -> None:
+        for feature in features:
             info = self.snapshot.catalog.features.get(feature)
             if info is not None and family not in info.compatible_families:
                 raise _incompatible(name, info)
@@ -398,30 +283,25 @@ class ControlPlane:
     async def delete_self_hosted_model(self, actor: str, model_id: str) -> int:
         self.require_deployment(SELF_HOSTED_MODELS)
         self.get_self_hosted_model(model_id)
-        async with self._publish_lock:
-            async with self.store.transaction() as tx:
-                before = await tx.get_self_hosted_model(model_id)
-                if before is None:
-                    raise not_found("self_hosted_model", model_id, f"no self-hosted model with id '{model_id}'")
-                in_use = await tx.features_using_model(model_id)
-                if in_use:
-                    raise failed_precondition(
-                        "MODEL_IN_USE",
-                        f"self-hosted model '{before.name}' is used by {', '.join(in_use)}; assign those features "
-                        "to another model (UpdateFeatureSetting) before deleting it",
-                        subject=f"selfHostedModels/{model_id}",
-                        metadata={"features": ",".join(in_use)},
-                    )
-                await tx.delete_self_hosted_model(model_id)
-                version = await tx.record_change(
-                    actor,
-                    "DeleteSelfHostedModel",
-                    f"selfHostedModels/{model_id}",
-                    _audit_json(before.audit_view()),
-                    "",
+
+        async def write(tx: StoreTx) -> Staged[None]:
+            before = await tx.get_self_hosted_model(model_id)
+            if before is None:
+                raise _no_model(model_id)
+            in_use = await tx.features_using_model(model_id)
+            if in_use:
+                raise failed_precondition(
+                    "MODEL_IN_USE",
+                    f"self-hosted model '{before.name}' is used by {', '.join(in_use)}; assign those features "
+                    "to another model (UpdateFeatureSetting) before deleting it",
+                    subject=f"selfHostedModels/{model_id}",
+                    metadata={"features": ",".join(in_use)},
                 )
-            self._publish(self.snapshot.with_self_hosted_model(model_id, None), version)
-            self._remember_token(model_id, None)
+            await tx.delete_self_hosted_model(model_id)
+            audit = Audit("DeleteSelfHostedModel", f"selfHostedModels/{model_id}", _audit_json(before.audit_view()), "")
+            return self._model_staged(model_id, None, audit, None)
+
+        _, version = await self.pipeline.commit(actor, write)
         return version
 
     # -- feature settings (Self-Managed) ----------------------------------------------------------
@@ -456,20 +336,26 @@ class ControlPlane:
                 "self_hosted_model_id", "self_hosted_model_id must be empty unless provider is SELF_HOSTED"
             )
         setting = FeatureSetting(info.name, provider, model_id)
-        async with self._publish_lock:
-            async with self.store.transaction() as tx:
-                if model_id and await tx.get_self_hosted_model(model_id) is None:
-                    raise not_found("self_hosted_model", model_id, f"no self-hosted model with id '{model_id}'")
-                before = await tx.get_feature_setting(info.name)
-                await tx.put_feature_setting(setting)
-                version = await tx.record_change(
-                    actor,
-                    "UpdateFeatureSetting",
-                    f"featureSettings/{info.name}",
-                    _audit_json(before.audit_view() if before else None),
-                    _audit_json(setting.audit_view()),
-                )
-            self._publish(self.snapshot.with_feature_setting(info.name, setting), version)
+
+        async def write(tx: StoreTx) -> Staged[None]:
+            if model_id and await tx.get_self_hosted_model(model_id) is None:
+                raise _no_model(model_id)
+            before = await tx.get_feature_setting(info.name)
+            await tx.put_feature_setting(setting)
+            audit = Audit(
+                "UpdateFeatureSetting",
+                f"featureSettings/{info.name}",
+                _audit_json(before.audit_view() if before else None),
+                _audit_json(setting.audit_view()),
+            )
+            return Staged(
+                None,
+                Change(ChangeKind.FEATURE_SETTING, (info.name,)),
+                audit,
+                patch=lambda snapshot: snapshot.with_feature_setting(info.name, setting),
+            )
+
+        _, version = await self.pipeline.commit(actor, write)
         return setting, version
 
     # -- model selection --------------------------------------------------------------------------
@@ -478,18 +364,24 @@ class ControlPlane:
         self.require_deployment(INSTANCE_SELECTIONS)
         info = self._feature(feature)
         self._selectable(info, ref)
-        async with self._publish_lock:
-            async with self.store.transaction() as tx:
-                before = await tx.get_instance_pin(info.name)
-                await tx.set_instance_pin(info.name, ref or None)
-                version = await tx.record_change(
-                    actor,
-                    "UpdateInstanceModelSelection",
-                    f"instance/features/{info.name}",
-                    _audit_json({"offered_model_ref": before} if before else None),
-                    _audit_json({"offered_model_ref": ref} if ref else None),
-                )
-            self._publish(self.snapshot.with_instance_pin(info.name, ref or None), version)
+
+        async def write(tx: StoreTx) -> Staged[None]:
+            before = await tx.get_instance_pin(info.name)
+            await tx.set_instance_pin(info.name, ref or None)
+            audit = Audit(
+                "UpdateInstanceModelSelection",
+                f"instance/features/{info.name}",
+                _audit_json({"offered_model_ref": before} if before else None),
+                _audit_json({"offered_model_ref": ref} if ref else None),
+            )
+            return Staged(
+                None,
+                Change(ChangeKind.INSTANCE_SELECTION, (info.name,)),
+                audit,
+                patch=lambda snapshot: snapshot.with_instance_pin(info.name, ref or None),
+            )
+
+        _, version = await self.pipeline.commit(actor, write)
         return version
 
     async def update_namespace_selection(self, actor: str, namespace_id: int, feature: str, ref: str) -> int:
@@ -497,18 +389,24 @@ class ControlPlane:
         _positive(namespace_id, "namespace_id")
         info = self._feature(feature)
         self._selectable(info, ref)
-        async with self._publish_lock:
-            async with self.store.transaction() as tx:
-                before = await tx.get_namespace_pin(namespace_id, info.name)
-                await tx.set_namespace_pin(namespace_id, info.name, ref or None)
-                version = await tx.record_change(
-                    actor,
-                    "UpdateNamespaceModelSelection",
-                    f"namespaces/{namespace_id}/features/{info.name}",
-                    _audit_json({"offered_model_ref": before} if before else None),
-                    _audit_json({"offered_model_ref": ref} if ref else None),
-                )
-            self._publish(self.snapshot.with_namespace_pin(namespace_id, info.name, ref or None), version)
+
+        async def write(tx: StoreTx) -> Staged[None]:
+            before = await tx.get_namespace_pin(namespace_id, info.name)
+            await tx.set_namespace_pin(namespace_id, info.name, ref or None)
+            audit = Audit(
+                "UpdateNamespaceModelSelection",
+                f"namespaces/{namespace_id}/features/{info.name}",
+                _audit_json({"offered_model_ref": before} if before else None),
+                _audit_json({"offered_model_ref": ref} if ref else None),
+            )
+            return Staged(
+                None,
+                Change(ChangeKind.NAMESPACE_SELECTION, (f"{namespace_id}/{info.name}",)),
+                audit,
+                patch=lambda snapshot: snapshot.with_namespace_pin(namespace_id, info.name, ref or None),
+            )
+
+        _, version = await self.pipeline.commit(actor, write)
         return version
 
     # -- seats and default namespaces (GitLab.com) --------------------------------------------------
@@ -523,57 +421,75 @@ class ControlPlane:
         for i, change in enumerate(changes):
             _positive(change.user_id, f"assignments[{i}].user_id")
             _positive(change.namespace_id, f"assignments[{i}].namespace_id")
-        async with self._publish_lock:
-            async with self.store.transaction() as tx:
-                effective = await tx.apply_seat_changes(changes)
-                if not effective:
-                    return SeatSyncResult(0, 0, len(changes), self.snapshot.config_version)
-                assigned = sum(1 for c in effective if c.assigned)
-                version = await tx.record_change(
-                    actor,
-                    "SyncSeatAssignments",
-                    "seatAssignments",
-                    "",
-                    _audit_json(
-                        {
-                            "assigned": [[c.user_id, c.namespace_id] for c in effective if c.assigned],
-                            "removed": [[c.user_id, c.namespace_id] for c in effective if not c.assigned],
-                        }
-                    ),
-                )
-            self.users.apply_seat_changes(effective)
-            self._publish(self.snapshot, version)
-        return SeatSyncResult(assigned, len(effective) - assigned, len(changes) - len(effective), version)
+        users = self.state.users
+
+        async def write(tx: StoreTx) -> Staged[tuple[int, int]]:
+            effective = await tx.apply_seat_changes(changes)
+            assigned = sum(1 for c in effective if c.assigned)
+            counts = (assigned, len(effective) - assigned)
+            if not effective:
+                return Staged(counts)
+            audit = Audit(
+                "SyncSeatAssignments",
+                "seatAssignments",
+                "",
+                _audit_json(
+                    {
+                        "assigned": [[c.user_id, c.namespace_id] for c in effective if c.assigned],
+                        "removed": [[c.user_id, c.namespace_id] for c in effective if not c.assigned],
+                    }
+                ),
+            )
+            touched = tuple(sorted({c.user_id for c in effective}))
+            return Staged(
+                counts,
+                Change(ChangeKind.SEAT_ASSIGNMENTS, user_ids=touched),
+                audit,
+                effects=lambda: users.apply_seat_changes(effective),
+            )
+
+        (assigned, removed), version = await self.pipeline.commit(actor, write)
+        return SeatSyncResult(assigned, removed, len(changes) - assigned - removed, version)
 
     async def set_default_namespace(self, actor: str, user_id: int, namespace_id: int) -> int:
         self.require_deployment(DEFAULT_NAMESPACES)
         _positive(user_id, "user_id")
         if namespace_id < 0:
             raise invalid_argument("namespace_id", "namespace_id must be positive, or 0 to clear the default")
-        async with self._publish_lock:
-            async with self.store.transaction() as tx:
-                if namespace_id and not await tx.user_has_seat(user_id, namespace_id):
-                    raise failed_precondition(
-                        "NO_SEAT_IN_NAMESPACE",
-                        f"user {user_id} holds no GitLab Duo seat in namespace {namespace_id}; a default "
-                        "namespace must be one where the user has a seat",
-                        subject=f"users/{user_id}",
-                        metadata={"user_id": str(user_id), "namespace_id": str(namespace_id)},
-                    )
-                before = await tx.get_default_namespace(user_id)
-                if before == namespace_id:
-                    return self.snapshot.config_version  # nothing to change, nothing to audit
-                await tx.set_default_namespace(user_id, namespace_id)
-                version = await tx.record_change(
-                    actor,
-                    "SetUserDefaultNamespace",
-                    f"users/{user_id}/defaultNamespace",
-                    _audit_json({"namespace_id": before} if before else None),
-                    _audit_json({"namespace_id": namespace_id} if namespace_id else None),
+        users = self.state.users
+
+        async def write(tx: StoreTx) -> Staged[None]:
+            if namespace_id and not await tx.user_has_seat(user_id, namespace_id):
+                raise failed_precondition(
+                    "NO_SEAT_IN_NAMESPACE",
+                    f"user {user_id} holds no GitLab Duo seat in namespace {namespace_id}; a default "
+                    "namespace must be one where the user has a seat",
+                    subject=f"users/{user_id}",
+                    metadata={"user_id": str(user_id), "namespace_id": str(namespace_id)},
                 )
-            self.users.set_default_namespace(user_id, namespace_id)
-            self._publish(self.snapshot, version)
+            before = await tx.get_default_namespace(user_id)
+            if before == namespace_id:
+                return Staged(None)  # nothing to change, nothing to audit
+            await tx.set_default_namespace(user_id, namespace_id)
+            audit = Audit(
+                "SetUserDefaultNamespace",
+                f"users/{user_id}/defaultNamespace",
+                _audit_json({"namespace_id": before} if before else None),
+                _audit_json({"namespace_id": namespace_id} if namespace_id else None),
+            )
+            return Staged(
+                None,
+                Change(ChangeKind.DEFAULT_NAMESPACE, user_ids=(user_id,)),
+                audit,
+                effects=lambda: users.set_default_namespace(user_id, namespace_id),
+            )
+
+        _, version = await self.pipeline.commit(actor, write)
         return version
+
+
+def _no_model(model_id: str) -> DuoError:
+    return not_found("self_hosted_model", model_id, f"no self-hosted model with id '{model_id}'")
 
 
 def _positive(value: int, field_name: str) -> None:

@@ -142,3 +142,35 @@ class AuditEvent:
     before_json: str
     after_json: str
     config_version: int
+
+
+class ChangeKind(enum.StrEnum):
+    """What a committed change touched; followers decide from this alone how to apply it."""
+
+    SELF_HOSTED_MODEL = "self_hosted_model"
+    FEATURE_SETTING = "feature_setting"
+    INSTANCE_SELECTION = "instance_selection"
+    NAMESPACE_SELECTION = "namespace_selection"
+    API_TOKENS = "api_tokens"
+    SEAT_ASSIGNMENTS = "seat_assignments"
+    DEFAULT_NAMESPACE = "default_namespace"
+
+    @property
+    def per_user(self) -> bool:
+        """Only per-user routing data (held in the user cache, not in the snapshot)."""
+        return self in (ChangeKind.SEAT_ASSIGNMENTS, ChangeKind.DEFAULT_NAMESPACE)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The typed record written with every committed change, in the same transaction."""
+
+    kind: ChangeKind
+    keys: tuple[str, ...] = ()  # the settings touched: model ids, feature names, "<namespace>/<feature>"
+    user_ids: tuple[int, ...] = ()  # per-user changes: the users whose seats or default namespace changed
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    version: int
+    change: Change

@@ -72,13 +72,29 @@ def _storage_unavailable(exc: Exception) -> DuoError:
 # Errors that end an RPC with a documented status rather than UNKNOWN.
 _ANSWERED_ERRORS: tuple[type[Exception], ...] = (DuoError, *STORAGE_ERRORS)
 
+# Told of every storage failure that ends a call, with the RPC's name: the running sidecar's StoreProbe
+# (sidecar.health_probe), which counts it and logs an outage once, not once per call. Per process: a sidecar
+# process has one store (in tests, sidecars sharing a process share it).
+storage_failure_listeners: list[Callable[[str, Exception], None]] = []
+
+
+def describe_storage_error(error: BaseException) -> str:
+    """The exception's type and message, for one log line."""
+    message = str(error)
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
 
 async def abort_for(error: Exception, context: grpc.aio.ServicerContext, rpc: str) -> None:
     """Ends the RPC with the documented status for a DuoError or a storage failure (and raises)."""
     if isinstance(error, DuoError):
         note_error_reason(error.reason)  # for the RPC's access log line
         await context.abort_with_status(status_for(error))
-    log.exception("storage error in %s", rpc, exc_info=error)
+    # Not a traceback per call: an outage fails every call that needs the database, thousands a second.
+    log.debug("storage error in %s", rpc, exc_info=error)
+    for listener in storage_failure_listeners:
+        listener(rpc, error)
+    if not storage_failure_listeners:  # no sidecar is counting (a servicer run on its own)
+        log.warning("storage error in %s: %s", rpc, describe_storage_error(error))
     unavailable = _storage_unavailable(error)
     note_error_reason(unavailable.reason)
     await context.abort_with_status(status_for(unavailable))

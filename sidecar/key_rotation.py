@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from sidecar.domain import Change, ChangeKind
 from sidecar.store.base import Store
 from sidecar.tokens import Keyring, TokenKeyError, key_id, read_keys, write_keyring
 
@@ -44,6 +45,7 @@ async def rotate_key(store: Store, key_path: Path, actor: str) -> RotationResult
                 "tokenKey",
                 json.dumps({"key_id": key_id(old_keys[0])}),
                 json.dumps({"key_id": key_id(new_key), "tokens_reencrypted": len(tokens)}),
+                Change(ChangeKind.API_TOKENS, tuple(sorted(tokens))),
             )
     except BaseException:
         write_keyring(key_path, old_keys)  # nothing changed in storage: put the old keyring back

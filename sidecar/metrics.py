@@ -44,8 +44,8 @@ from sidecar.upstream.resilience import BreakerState
 if TYPE_CHECKING:
     from sidecar.catalog_refresh import CatalogRefresher
     from sidecar.completion import Completer
-    from sidecar.control import ControlPlane
     from sidecar.snapshot import Snapshot
+    from sidecar.state import ConfigState
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +359,12 @@ class Metrics:
             registry=registry,
         )
         self.store_up.set(0)
+        self.storage_errors = Counter(
+            "duo_routing_storage_errors_total",
+            "Calls that failed with STORAGE_UNAVAILABLE because the database failed or did not answer in time.",
+            ("grpc_method",),
+            registry=registry,
+        )
         build = Gauge(
             "duo_routing_build_info", "Always 1; labels name the sidecar version.", ("version",), registry=registry
         )
@@ -409,7 +415,7 @@ class Metrics:
 
     def observe(
         self,
-        control: ControlPlane,
+        control: ConfigState,
         completer: Completer,
         refresher: CatalogRefresher,
         catalog_refresh_seconds: float,
@@ -485,7 +491,7 @@ class _StateCollector(Collector):
     """Gauges read from the sidecar's state at scrape time: nothing to update on the hot path."""
 
     def __init__(self) -> None:
-        self.control: ControlPlane | None = None
+        self.control: ConfigState | None = None
         self.completer: Completer | None = None
         self.refresher: CatalogRefresher | None = None
         self.catalog_refresh_seconds = 0.0

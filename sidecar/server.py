@@ -18,19 +18,22 @@ from sidecar.catalog_refresh import CatalogRefresher, startup_catalog
 from sidecar.changes import ChangeFollower
 from sidecar.completion import Completer
 from sidecar.config import Config
-from sidecar.control import ControlPlane
+from sidecar.control import AdminCommands
 from sidecar.domain import DeploymentType
 from sidecar.endpoints import EndpointPolicy, parse_cidrs
 from sidecar.grpc_errors import add_guarded_servicer
 from sidecar.grpc_metrics import GrpcMetricsInterceptor
 from sidecar.health_probe import StoreProbe
 from sidecar.metrics import Metrics, MetricsServer
+from sidecar.pipeline import ChangePipeline
 from sidecar.servicers import AdminServicer, RoutingServicer
+from sidecar.state import ConfigState
 from sidecar.store.base import Store
 from sidecar.store.postgres import PostgresStore
 from sidecar.store.sqlite import SQLiteStore
 from sidecar.tokens import Keyring
 from sidecar.upstream.targets import GatewaySettings
+from sidecar.worker_board import WorkerBoard
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +104,10 @@ def _write_port_file(path: Path, port: int) -> None:
 
 
 def open_store(config: Config) -> Store:
+    timeout = config.storage.timeout_seconds  # every storage wait: connect, pool, statement, lock
     if config.storage.backend == "postgres":
-        return PostgresStore(config.storage.dsn)
-    return SQLiteStore(Path(config.storage.path))
+        return PostgresStore(config.storage.dsn, timeout_seconds=timeout)
+    return SQLiteStore(Path(config.storage.path), timeout_seconds=timeout)
 
 
 class Sidecar:
@@ -112,11 +116,15 @@ class Sidecar:
         self.store = open_store(config)
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
-        self.control: ControlPlane | None = None
+        self.state: ConfigState | None = None
+        self.pipeline: ChangePipeline | None = None
+        self.follower: ChangeFollower | None = None
+        self.board: WorkerBoard | None = None
         self.completer: Completer | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._follow_tasks: list[asyncio.Task[None]] = []
+        self._health_tasks: set[asyncio.Task[None]] = set()
         self.port = 0
         # One registry per sidecar: tests run several in one process.
         self.metrics = Metrics()
@@ -143,10 +151,22 @@ class Sidecar:
         except (OSError, ValueError) as exc:
             raise StartupError(f"token key file (storage.token_key_file): {exc}") from None
         endpoints = EndpointPolicy(parse_cidrs(self.config.upstream.allowed_cidrs))
-        self.control = await ControlPlane.load(
-            self.store, cipher, instance.deployment, catalog, endpoints, self.config.storage.user_cache_size
+        # A worker listens for its peers' changes before it reads the state: none is missed in between.
+        self.board = WorkerBoard.from_environment()
+        if self.board is not None:
+            await self.board.listen(self._peer_changed)
+        state = await ConfigState.load(
+            self.store, cipher, instance.deployment, catalog, self.config.storage.user_cache_size
         )
-        lost = self.control.undecryptable_tokens()
+        self.state = state
+        # Workers apply a change by reading it from the store: as long to wait for them as for the store.
+        self.pipeline = ChangePipeline(state, self.board, self.config.storage.timeout_seconds)
+        self.follower = ChangeFollower(state)
+        state.on_schema_too_new = self._schema_too_new
+        if self.board is not None:
+            state.on_version = self.board.publish
+            self.board.publish(state.version)
+        lost = state.vault.undecryptable()
         if lost:
             log.error(
                 "the API tokens of self-hosted models %s cannot be decrypted with %s (a lost or replaced key file): "
@@ -154,16 +174,14 @@ class Sidecar:
                 ", ".join(lost),
                 self.config.storage.token_key_path,
             )
-        self.completer = Completer(self.config.upstream, gateway_settings(self.config), self.control)
+        self.completer = Completer(self.config.upstream, gateway_settings(self.config), state.vault, endpoints)
         self.refresher = CatalogRefresher(
-            self.control, self.completer, self.config.storage.data_dir / "catalog.json", instance.catalog_path
+            state, self.completer, self.config.storage.data_dir / "catalog.json", instance.catalog_path
         )
         refresh_seconds = 0.0 if instance.catalog_path else instance.catalog_refresh_seconds
-        self.metrics.observe(self.control, self.completer, self.refresher, refresh_seconds, GRPC_SERVICES)
+        self.metrics.observe(state, self.completer, self.refresher, refresh_seconds, GRPC_SERVICES)
         try:
             self.metrics_port = await self.metrics_server.start(self.config.metrics.listen)
-            if self.config.metrics.port_file:
-                _write_port_file(Path(self.config.metrics.port_file), self.metrics_port)
         except OSError as exc:
             listen = self.config.metrics.listen
             raise StartupError(f"cannot serve metrics on {listen} (metrics.listen): {exc}") from None
@@ -192,12 +210,12 @@ class Sidecar:
         add_guarded_servicer(
             server,
             routing_pb2_grpc.add_RoutingServiceServicer_to_server,
-            RoutingServicer(self.control, self.completer, self.metrics, self.config.log.log_prompts),
+            RoutingServicer(state, self.completer, self.metrics, self.config.log.log_prompts),
         )
         add_guarded_servicer(
             server,
             admin_pb2_grpc.add_AdminServiceServicer_to_server,
-            AdminServicer(self.control, self.refresher, self.store.backend_name),
+            AdminServicer(AdminCommands(self.pipeline, endpoints), self.refresher, self.store.backend_name),
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -218,6 +236,9 @@ class Sidecar:
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {self.config.server.listen}: {exc}") from None
         await server.start()
+        if self.config.metrics.port_file:
+            # Also tells the worker supervisor that this worker started: a refusal before this point is fatal.
+            _write_port_file(Path(self.config.metrics.port_file), self.metrics_port)
         self.server = server
         for name in HEALTH_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -227,14 +248,14 @@ class Sidecar:
             names_down_with_the_store(self.store.backend_name),
             self.config.storage.probe_interval_seconds,
             self.metrics,
+            timeout_seconds=self.config.storage.timeout_seconds,
         )
         self._probe_task = asyncio.create_task(probe.run())
         # Changes committed by other sidecars, workers or CLI commands sharing the store.
-        self.follower = ChangeFollower(self.control)
-        self.control.on_gap = self.follower.changed
+        follower = self.follower
         self._follow_tasks = [
-            asyncio.create_task(self.store.watch(self.follower.changed)),
-            asyncio.create_task(self.follower.run()),
+            asyncio.create_task(self.store.watch(follower.changed)),
+            asyncio.create_task(follower.run()),
         ]
         # An explicit catalog file is the operator's choice; only the default catalog follows the AI Gateway.
         if instance.catalog_refresh_seconds and not instance.catalog_path:
@@ -250,9 +271,22 @@ class Sidecar:
             self.port,
             self.store.backend_name,
             catalog.version,
-            self.control.snapshot.config_version,
+            state.version,
         )
         return self.port
+
+    def _peer_changed(self) -> None:
+        """Another worker of this sidecar committed a change: catch up now, it waits for us."""
+        if self.follower is not None:
+            self.follower.changed()
+
+    def _schema_too_new(self, message: str) -> None:
+        """Admin writes are refused from now on; routing goes on from the snapshot."""
+        self._health_tasks.add(
+            asyncio.get_running_loop().create_task(
+                self.health.set(ADMIN_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+            )
+        )
 
     async def stop(self) -> None:
         """Health goes NOT_SERVING, new RPCs are refused, in-flight ones get the grace period, then the store closes."""
@@ -266,9 +300,13 @@ class Sidecar:
         if self._refresh_task is not None:
             self._refresh_task.cancel()
             self._refresh_task = None
+        if self.board is not None:
+            self.board.close()  # peers stop waiting for this worker: it takes no new calls from here on
         if self.server is not None:
             await self.server.stop(self.config.server.grace_period_seconds)
             self.server = None
+        if self.pipeline is not None:
+            await self.pipeline.drain(self.config.server.grace_period_seconds)  # writes whose callers left
         await self.metrics_server.stop()
         if self.completer is not None:
             await self.completer.close()

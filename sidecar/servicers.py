@@ -22,7 +22,7 @@ from sidecar.control import (
     FEATURE_SETTINGS,
     INSTANCE_SELECTIONS,
     NAMESPACE_SELECTIONS,
-    ControlPlane,
+    AdminCommands,
     SelfHostedModelInput,
 )
 from sidecar.domain import AuditEvent, FeatureProvider, ModelFamily, Platform, SeatChange, SelfHostedModel
@@ -31,6 +31,7 @@ from sidecar.grpc_errors import errors_as_status, translate_errors
 from sidecar.metrics import Metrics, error_outcome, interrupted_outcome
 from sidecar.paging import decode_token, encode_token, page_size, paginate
 from sidecar.snapshot import Snapshot
+from sidecar.state import ConfigState
 from sidecar.upstream.base import TextDelta
 from sidecar.users import UserRouting
 
@@ -119,9 +120,9 @@ def _families(info: FeatureInfo) -> list[types_pb2.ModelFamily]:
 
 class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
     def __init__(
-        self, control: ControlPlane, completer: Completer, metrics: Metrics | None = None, log_prompts: bool = False
+        self, state: ConfigState, completer: Completer, metrics: Metrics | None = None, log_prompts: bool = False
     ) -> None:
-        self._control = control
+        self._state = state
         self._completer = completer
         self._metrics = metrics if metrics is not None else Metrics()
         self._log_prompts = log_prompts
@@ -145,16 +146,16 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
     async def ResolveModel(
         self, request: routing_pb2.ResolveModelRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.ResolveModelResponse:
-        user = await self._control.user_routing(request.user_id)
-        return resolution_to_proto(self._resolve(self._control.snapshot, user, request))
+        user = await self._state.user_routing(request.user_id)
+        return resolution_to_proto(self._resolve(self._state.snapshot, user, request))
 
     async def Complete(
         self, request: routing_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[routing_pb2.CompleteResponse]:
         started = time.perf_counter()
         async with errors_as_status(context, "Complete"):
-            user = await self._control.user_routing(request.user_id)
-            snapshot = self._control.snapshot
+            user = await self._state.user_routing(request.user_id)
+            snapshot = self._state.snapshot
             resolution = self._resolve(snapshot, user, request)
             params = request.parameters
             work = completion_input(
@@ -221,7 +222,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, control: ControlPlane, refresher: CatalogRefresher, storage_backend: str) -> None:
+    def __init__(self, control: AdminCommands, refresher: CatalogRefresher, storage_backend: str) -> None:
         self._control = control
         self._refresher = refresher
         self._storage_backend = storage_backend
@@ -515,7 +516,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             isinstance(after, tuple) and len(after) == 2 and all(isinstance(v, int) for v in after)
         ):
             raise invalid_argument("page_token", "page_token belongs to a different list")
-        rows = await self._control.store.list_seat_assignments(request.user_id, request.namespace_id, after, size + 1)
+        rows = await self._control.state.store.list_seat_assignments(
+            request.user_id, request.namespace_id, after, size + 1
+        )
         token = encode_token(rows[size - 1], scope) if len(rows) > size else ""
         return admin_pb2.ListSeatAssignmentsResponse(
             seat_assignments=[
@@ -539,7 +542,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.GetUserRoutingStatusResponse:
         if request.user_id <= 0:
             raise invalid_argument("user_id", f"user_id must be positive, got {request.user_id}")
-        user = await self._control.user_routing(request.user_id)
+        user = await self._control.state.user_routing(request.user_id)
         snapshot = self._control.snapshot
         defaults = policy.user_defaults(user)
         features = []
@@ -578,7 +581,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         before = decode_token(request.page_token, scope)
         if before is not None and not isinstance(before, int):
             raise invalid_argument("page_token", "page_token belongs to a different list")
-        events = await self._control.store.list_audit_events(request.resource_prefix, before, size + 1)
+        events = await self._control.state.store.list_audit_events(request.resource_prefix, before, size + 1)
         token = encode_token(events[size - 1].id, scope) if len(events) > size else ""
         return admin_pb2.ListAuditEventsResponse(
             audit_events=[_audit_to_proto(e) for e in events[:size]], next_page_token=token

@@ -1,14 +1,16 @@
-"""Shared fixtures: a real sidecar process per deployment type, listening on 127.0.0.1."""
+"""Shared fixtures: real sidecars (processes or in this event loop) on 127.0.0.1, and fresh stores of each backend."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 import pytest_asyncio
@@ -16,6 +18,9 @@ import pytest_asyncio
 from gitlab.duo.routing.v1 import admin_pb2_grpc, routing_pb2_grpc
 from sidecar.config import Config, load_config
 from sidecar.server import Sidecar as SidecarServer
+from sidecar.store.base import Store
+from sidecar.store.postgres import PostgresStore
+from sidecar.store.sqlite import SQLiteStore
 from tests.helpers import SidecarProcess, free_port, run_sidecar, write_config
 from tests.postgres import DSN_VARIABLE, UNSET, admin_dsn, fresh_database
 
@@ -133,3 +138,59 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         skipped = [r for r in terminalreporter.stats.get("skipped", []) if UNSET in str(r.longrepr)]
         if skipped:
             terminalreporter.write_line(f"{len(skipped)} PostgreSQL tests skipped: {UNSET}", yellow=True)
+
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@dataclass
+class Backend:
+    """One fresh database of one backend: new stores on it, and raw SQL outside any store."""
+
+    name: str
+    new_store: Callable[[], Store]
+    fetchval: Callable[[str], Awaitable[Any]]
+    execute: Callable[[str], Awaitable[None]]
+
+
+@pytest_asyncio.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "sqlite":
+        path = tmp_path / "store.db"
+
+        async def sqlite_fetchval(sql: str) -> Any:
+            with sqlite3.connect(path) as db:
+                return db.execute(sql).fetchone()[0]
+
+        async def sqlite_execute(sql: str) -> None:
+            with sqlite3.connect(path) as db:
+                db.execute(sql)
+
+        yield Backend("sqlite", lambda: SQLiteStore(path), sqlite_fetchval, sqlite_execute)
+        return
+
+    async with fresh_database(admin_dsn()) as dsn:
+
+        async def pg_fetchval(sql: str) -> Any:
+            db = await asyncpg.connect(dsn)
+            try:
+                return await db.fetchval(sql)
+            finally:
+                await db.close()
+
+        async def pg_execute(sql: str) -> None:
+            db = await asyncpg.connect(dsn)
+            try:
+                await db.execute(sql)
+            finally:
+                await db.close()
+
+        yield Backend("postgres", lambda: PostgresStore(dsn), pg_fetchval, pg_execute)
+
+
+@pytest_asyncio.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    opened = backend.new_store()
+    await opened.open()
+    yield opened
+    await opened.close()

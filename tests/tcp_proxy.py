@@ -1,9 +1,19 @@
-"""A TCP forwarder on 127.0.0.1 that a test can cut and restore, to take a database away from a sidecar."""
+"""A TCP forwarder on 127.0.0.1 that a test can cut and restore, to take a database away from a sidecar, or
+black-hole and heal, to partition the network between them."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+
+
+def _reading(writer: asyncio.StreamWriter, on: bool) -> None:
+    transport = writer.transport
+    if isinstance(transport, asyncio.ReadTransport) and not transport.is_closing():
+        if on:
+            transport.resume_reading()
+        else:
+            transport.pause_reading()
 
 
 class TcpProxy:
@@ -16,6 +26,8 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()  # cleared while black-holed
+        self._flowing.set()
 
     def __enter__(self) -> TcpProxy:
         self._thread.start()
@@ -23,6 +35,7 @@ class TcpProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._flowing.set)  # lets held connections finish
         self.cut()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
@@ -32,7 +45,12 @@ class TcpProxy:
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            while data := await reader.read(65536):
+            while True:
+                await self._flowing.wait()
+                data = await reader.read(65536)
+                if not data:
+                    break
+                await self._flowing.wait()  # read just before the black hole opened: held, not delivered
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -41,12 +59,17 @@ class TcpProxy:
             writer.close()
 
     async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self._writers.add(client_writer)
+        if not self._flowing.is_set():
+            # Accepted (as the kernel would, before a partition shows), but nothing gets through.
+            _reading(client_writer, False)
+            await self._flowing.wait()
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
         except OSError:
             client_writer.close()
             return
-        self._writers |= {client_writer, upstream_writer}
+        self._writers.add(upstream_writer)
         await asyncio.gather(self._pipe(client_reader, upstream_writer), self._pipe(upstream_reader, client_writer))
 
     async def _start(self) -> None:
@@ -61,6 +84,17 @@ class TcpProxy:
             writer.transport.abort()  # an abrupt loss, as when the network or the server goes away
         self._writers.clear()
 
+    async def _blackhole(self) -> None:
+        self._flowing.clear()
+        for writer in self._writers:
+            _reading(writer, False)  # the socket stays open; nothing is read, nothing forwarded
+
+    async def _heal(self) -> None:
+        self._writers = {writer for writer in self._writers if not writer.transport.is_closing()}
+        for writer in self._writers:
+            _reading(writer, True)
+        self._flowing.set()
+
     def restore(self) -> None:
         """Accepts connections again, on the same port."""
         self._run(self._start())
@@ -68,3 +102,12 @@ class TcpProxy:
     def cut(self) -> None:
         """Drops every connection and refuses new ones."""
         self._run(self._stop())
+
+    def blackhole(self) -> None:
+        """A network partition: connections stay open and new ones are accepted, but no byte gets through in
+        either direction, and nothing is closed or reset, so only the peers' own timeouts notice."""
+        self._run(self._blackhole())
+
+    def heal(self) -> None:
+        """Ends the partition: traffic held meanwhile is delivered, and flows again."""
+        self._run(self._heal())

@@ -122,5 +122,5 @@ async def test_self_managed_changes_and_api_tokens_survive_a_restart_on_the_same
     assert (generations.model_identifier, generations.source) == ("gpt_5", types_pb2.SELECTION_SOURCE_INSTANCE)
     stored = await second.admin.GetSelfHostedModel(admin_pb2.GetSelfHostedModelRequest(id=model_id))
     assert (stored.self_hosted_model.name, stored.self_hosted_model.api_token_set) == ("Mistral (renamed)", True)
-    assert second.server.control is not None
-    assert second.server.control.api_token(model_id) == "secret-token-1"  # decrypts with the shared key file
+    assert second.server.state is not None
+    assert second.server.state.vault.api_token(model_id) == "secret-token-1"  # decrypts with the shared key file

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 import pytest
 
 from sidecar.catalog import load_catalog
-from sidecar.control import build_snapshot
 from sidecar.domain import (
     DeploymentType,
     FeatureProvider,
@@ -28,6 +27,7 @@ from sidecar.policy import (
     user_defaults,
 )
 from sidecar.snapshot import Snapshot
+from sidecar.state import build_snapshot
 from sidecar.store.base import StoredState
 from sidecar.users import UserRouting
 

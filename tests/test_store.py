@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,75 +11,28 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-import pytest_asyncio
 
-from sidecar.domain import FeatureProvider, FeatureSetting, ModelFamily, Platform, SeatChange, SelfHostedModel
+from sidecar.domain import (
+    Change,
+    ChangeKind,
+    ChangeRecord,
+    FeatureProvider,
+    FeatureSetting,
+    ModelFamily,
+    Platform,
+    SeatChange,
+    SelfHostedModel,
+)
 from sidecar.store.base import KEEP_TOKEN, SchemaTooNewError, Store
 from sidecar.store.migrations import LATEST_VERSION, MIGRATIONS
 from sidecar.store.postgres import NOTIFY_CHANNEL, PostgresStore
-from sidecar.store.sqlite import SQLiteStore
 from sidecar.tokens import EncryptedToken
 from sidecar.users import UserRouting
+from tests.conftest import Backend
 from tests.helpers import free_port
-from tests.postgres import admin_dsn, fresh_database
 from tests.test_server_process import run_cli
 
 pytestmark = pytest.mark.asyncio
-
-BACKENDS = ["sqlite", "postgres"]
-
-
-@dataclass
-class Backend:
-    """One fresh database of one backend: new stores on it, and raw SQL outside any store."""
-
-    name: str
-    new_store: Callable[[], Store]
-    fetchval: Callable[[str], Awaitable[Any]]
-    execute: Callable[[str], Awaitable[None]]
-
-
-@pytest_asyncio.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    if request.param == "sqlite":
-        path = tmp_path / "store.db"
-
-        async def sqlite_fetchval(sql: str) -> Any:
-            with sqlite3.connect(path) as db:
-                return db.execute(sql).fetchone()[0]
-
-        async def sqlite_execute(sql: str) -> None:
-            with sqlite3.connect(path) as db:
-                db.execute(sql)
-
-        yield Backend("sqlite", lambda: SQLiteStore(path), sqlite_fetchval, sqlite_execute)
-        return
-
-    async with fresh_database(admin_dsn()) as dsn:
-
-        async def pg_fetchval(sql: str) -> Any:
-            db = await asyncpg.connect(dsn)
-            try:
-                return await db.fetchval(sql)
-            finally:
-                await db.close()
-
-        async def pg_execute(sql: str) -> None:
-            db = await asyncpg.connect(dsn)
-            try:
-                await db.execute(sql)
-            finally:
-                await db.close()
-
-        yield Backend("postgres", lambda: PostgresStore(dsn), pg_fetchval, pg_execute)
-
-
-@pytest_asyncio.fixture
-async def store(backend: Backend) -> AsyncIterator[Store]:
-    opened = backend.new_store()
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 def model(model_id: str = "m1", name: str = "Mistral on vLLM", **changes: Any) -> SelfHostedModel:
@@ -102,12 +52,13 @@ def model(model_id: str = "m1", name: str = "Mistral on vLLM", **changes: Any) -
     return SelfHostedModel(**fields)
 
 
+CONFIG_CHANGE = Change(ChangeKind.INSTANCE_SELECTION, ("duo_chat",))
 TOKEN = EncryptedToken("key-1", b"\x00\x01ciphertext\xff")
 
 
 async def change(store: Store, resource: str = "things/1", action: str = "Update") -> int:
     async with store.transaction() as tx:
-        return await tx.record_change("tester", action, resource, '{"before": 1}', '{"after": 2}')
+        return await tx.record_change("tester", action, resource, '{"before": 1}', '{"after": 2}', CONFIG_CHANGE)
 
 
 # -- migrations ---------------------------------------------------------------------------------------------
@@ -347,8 +298,8 @@ async def test_config_version_is_bumped_once_per_change_and_written_to_the_audit
         await tx.set_instance_pin("duo_chat", "gpt_5")
     assert await store.config_version() == 3
     async with store.transaction() as tx:  # two changes in one transaction: two versions
-        assert await tx.record_change("a", "One", "x/1", "", "1") == 4
-        assert await tx.record_change("a", "Two", "x/2", "", "2") == 5
+        assert await tx.record_change("a", "One", "x/1", "", "1", CONFIG_CHANGE) == 4
+        assert await tx.record_change("a", "Two", "x/2", "", "2", CONFIG_CHANGE) == 5
     assert (await store.load_state()).config_version == await store.config_version() == 5
     newest = (await store.list_audit_events("", None, 1))[0]
     assert (newest.id, newest.actor, newest.action, newest.resource) == (5, "a", "Two", "x/2")
@@ -359,15 +310,21 @@ async def test_config_version_is_bumped_once_per_change_and_written_to_the_audit
     assert oldest.time.utcoffset() == timedelta(0)
 
 
-async def test_changes_since_reads_the_audit_log_oldest_first(store: Store) -> None:
+async def test_changes_since_reads_the_typed_change_records_oldest_first(store: Store) -> None:
     for i in range(4):
         await change(store, f"things/{i}")
-    assert [e.config_version for e in await store.changes_since(0, 100)] == [1, 2, 3, 4]
-    assert [(e.config_version, e.resource) for e in await store.changes_since(1, 2)] == [
-        (2, "things/1"),
-        (3, "things/2"),
+    assert [r.version for r in await store.changes_since(0, 100)] == [1, 2, 3, 4]
+    assert [(r.version, r.change) for r in await store.changes_since(1, 2)] == [
+        (2, CONFIG_CHANGE),
+        (3, CONFIG_CHANGE),
     ]
     assert await store.changes_since(4, 100) == []
+    async with store.transaction() as tx:
+        users = Change(ChangeKind.SEAT_ASSIGNMENTS, user_ids=(7, 9))
+        assert await tx.record_change("tester", "SyncSeatAssignments", "seatAssignments", "", "", users) == 5
+    assert await store.changes_since(4, 100) == [ChangeRecord(5, users)]
+    state = await store.load_state(changes_after=3, changes_limit=10)
+    assert (state.config_version, [r.version for r in state.changes]) == (5, [4, 5])
 
 
 async def test_watch_signals_changes_committed_elsewhere(backend: Backend, store: Store) -> None:
@@ -424,7 +381,9 @@ async def test_concurrent_writers_get_distinct_consecutive_versions(backend: Bac
             async with target.transaction() as tx:
                 await tx.apply_seat_changes([SeatChange(i, 1, True)])
                 await asyncio.sleep(0)
-                return await tx.record_change("tester", "SyncSeatAssignments", "seatAssignments", "", str(i))
+                return await tx.record_change(
+                    "tester", "SyncSeatAssignments", "seatAssignments", "", str(i), CONFIG_CHANGE
+                )
 
         versions = await asyncio.gather(*(write(store if i % 2 else other, i) for i in range(1, 21)))
         assert sorted(versions) == list(range(1, 21))
@@ -447,7 +406,7 @@ async def test_load_state_and_load_user_return_everything(store: Store) -> None:
         await tx.set_namespace_pin(10, "duo_chat", "gpt_5")
         await tx.apply_seat_changes([SeatChange(1, 10, True), SeatChange(2, 10, True)])
         await tx.set_default_namespace(1, 10)
-        await tx.record_change("tester", "Everything", "all", "", "")
+        await tx.record_change("tester", "Everything", "all", "", "", CONFIG_CHANGE)
     state = await store.load_state()
     assert state.config_version == 1
     assert sorted(state.self_hosted_models, key=lambda m: m.id) == [
@@ -475,7 +434,7 @@ async def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
             await tx.set_namespace_pin(10, "duo_chat", "gpt_5")
             await tx.apply_seat_changes([SeatChange(1, 10, True)])
             await tx.set_default_namespace(1, 10)
-            await tx.record_change("tester", "Everything", "all", "", "")
+            await tx.record_change("tester", "Everything", "all", "", "", CONFIG_CHANGE)
             raise Refused
     state = await store.load_state()
     assert (state.config_version, state.self_hosted_models, state.feature_settings) == (0, [], [])
@@ -525,14 +484,14 @@ async def test_every_commit_notifies_listeners_with_its_config_version(backend: 
     try:
         with pytest.raises(RuntimeError):
             async with store.transaction() as tx:
-                await tx.record_change("tester", "Rolled back", "x", "", "")
+                await tx.record_change("tester", "Rolled back", "x", "", "", CONFIG_CHANGE)
                 raise RuntimeError("rolled back: no notification")
         async with store.transaction() as tx:
             await tx.set_instance_pin("duo_chat", "gpt_5")  # no change recorded: no notification
         assert await change(store) == 1
         async with store.transaction() as tx:
-            await tx.record_change("tester", "One", "x/1", "", "")
-            await tx.record_change("tester", "Two", "x/2", "", "")
+            await tx.record_change("tester", "One", "x/1", "", "", CONFIG_CHANGE)
+            await tx.record_change("tester", "Two", "x/2", "", "", CONFIG_CHANGE)
         payloads = [await asyncio.wait_for(received.get(), 5) for _ in range(3)]
         assert payloads == ["1", "2", "3"]
         await asyncio.sleep(0.1)

@@ -1,17 +1,29 @@
 """The storage interface, implemented by SQLite (embedded, sqlite.py) and PostgreSQL (fleet, postgres.py).
 
-Every admin change runs in one StoreTx: read the state before, write, then record_change(), which
-writes the audit event and bumps the config version in the same transaction.
+Every admin change runs in one StoreTx: read the state before, write, then record_change(), which bumps the
+config version and writes the typed change record (what followers apply) and the audit event (for people) in the
+same transaction.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from sidecar.domain import AuditEvent, FeatureSetting, SeatChange, SelfHostedModel
+from sidecar.domain import (
+    AuditEvent,
+    Change,
+    ChangeKind,
+    ChangeRecord,
+    FeatureSetting,
+    SeatChange,
+    SelfHostedModel,
+)
 from sidecar.tokens import EncryptedToken
 from sidecar.users import UserRouting
 
@@ -26,6 +38,50 @@ class StoredState:
     instance_pins: dict[str, str] = field(default_factory=dict)
     namespace_pins: list[tuple[int, str, str]] = field(default_factory=list)
     api_tokens: dict[str, EncryptedToken] = field(default_factory=dict)
+    # Change records after the version asked for, read in the same consistent view (oldest first, limited).
+    changes: list[ChangeRecord] = field(default_factory=list)
+
+
+class StoreHead(NamedTuple):
+    """What a follower looks at first: the committed config version and the schema version."""
+
+    config_version: int
+    schema_version: int
+
+
+def change_columns(change: Change) -> tuple[str, str, str]:
+    """A change record as stored: kind, keys_json, user_ids_json."""
+    return change.kind.value, json.dumps(list(change.keys)), json.dumps(list(change.user_ids))
+
+
+def change_record(version: int, kind: str, keys_json: str, user_ids_json: str) -> ChangeRecord:
+    keys = tuple(str(k) for k in json.loads(keys_json))
+    user_ids = tuple(int(u) for u in json.loads(user_ids_json))
+    return ChangeRecord(int(version), Change(ChangeKind(kind), keys, user_ids))
+
+
+async def despite_cancellation(step: Awaitable[object]) -> None:
+    """Runs a step that ends a transaction (COMMIT, ROLLBACK) to completion even if the awaiting task is
+    cancelled meanwhile; the cancellation is re-raised once the step is done, so no transaction stays open."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+    task.result()
+    if cancelled:
+        raise asyncio.CancelledError
+
+
+def schema_too_new_message(where: str, found: int, known: int) -> str:
+    return (
+        f"{where}: database schema version {found} is newer than this sidecar supports ({known}); "
+        "run the newer sidecar or restore a backup"
+    )
 
 
 def seat_effects(
@@ -122,8 +178,10 @@ class StoreTx(abc.ABC):
     async def set_encrypted_token(self, model_id: str, token: EncryptedToken) -> None: ...
 
     @abc.abstractmethod
-    async def record_change(self, actor: str, action: str, resource: str, before_json: str, after_json: str) -> int:
-        """Writes the audit event, bumps the config version and returns the new version."""
+    async def record_change(
+        self, actor: str, action: str, resource: str, before_json: str, after_json: str, change: Change
+    ) -> int:
+        """Bumps the config version, writes the change record and the audit event; returns the new version."""
 
 
 class Store(abc.ABC):
@@ -142,11 +200,15 @@ class Store(abc.ABC):
         every few seconds (the health probe does)."""
 
     @abc.abstractmethod
-    async def load_state(self) -> StoredState: ...
+    async def load_state(self, changes_after: int | None = None, changes_limit: int = 0) -> StoredState:
+        """Every table the snapshot is built from, in one consistent read; with `changes_after`, also up to
+        `changes_limit` change records after that version, read in the same view."""
 
     @abc.abstractmethod
     def transaction(self) -> AbstractAsyncContextManager[StoreTx]:
-        """One write transaction; committed when the block exits normally, rolled back otherwise."""
+        """One write transaction; committed when the block exits normally, rolled back otherwise, and never
+        left open, whatever happens to the awaiting task. Raises SchemaTooNewError when a newer sidecar has
+        migrated the database since this one opened it: this sidecar must not write to it."""
 
     @abc.abstractmethod
     async def get_api_token(self, model_id: str) -> EncryptedToken | None: ...
@@ -169,8 +231,8 @@ class Store(abc.ABC):
     async def schema_version(self) -> int: ...
 
     @abc.abstractmethod
-    async def changes_since(self, version: int, limit: int) -> list[AuditEvent]:
-        """Audit events of changes committed after `version`, oldest first: what others changed."""
+    async def changes_since(self, version: int, limit: int) -> list[ChangeRecord]:
+        """Change records of versions after `version`, oldest first."""
 
     @abc.abstractmethod
     async def watch(self, on_change: Callable[[], None]) -> None:
@@ -179,3 +241,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def config_version(self) -> int:
         """The committed config version, read from the database (one cheap query)."""
+
+    @abc.abstractmethod
+    async def head(self) -> StoreHead:
+        """The committed config version and the schema version (one cheap query)."""

@@ -95,4 +95,17 @@ MIGRATIONS += (
     Migration(2, "index audit events by config version", sqlite=_CHANGE_LOG_INDEX, postgres=_CHANGE_LOG_INDEX),
 )
 
+_CHANGE_RECORDS = """
+CREATE TABLE config_changes (
+    version BIGINT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    keys_json TEXT NOT NULL,
+    user_ids_json TEXT NOT NULL
+);
+"""
+MIGRATIONS += (
+    # The typed change record of every committed version, written in the same transaction: what followers apply.
+    Migration(3, "typed change records", sqlite=_CHANGE_RECORDS, postgres=_CHANGE_RECORDS),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version

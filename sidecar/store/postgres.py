@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -22,6 +24,8 @@ from asyncpg.pool import PoolConnectionProxy
 
 from sidecar.domain import (
     AuditEvent,
+    Change,
+    ChangeRecord,
     FeatureProvider,
     FeatureSetting,
     ModelFamily,
@@ -34,8 +38,13 @@ from sidecar.store.base import (
     SchemaTooNewError,
     Store,
     StoredState,
+    StoreHead,
     StoreTx,
     StoreUnavailableError,
+    change_columns,
+    change_record,
+    despite_cancellation,
+    schema_too_new_message,
     seat_effects,
 )
 from sidecar.store.migrations import LATEST_VERSION, MIGRATIONS
@@ -72,6 +81,96 @@ MIGRATION_LOCK_KEY = 0x6475_6F5F_6D69_6772  # "duo_migr": pg_advisory_xact_lock 
 POSTGRES_ERRORS: tuple[type[Exception], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError, ConnectionError)
 
 _CONNECT_ERRORS: tuple[type[Exception], ...] = (*POSTGRES_ERRORS, OSError, TimeoutError)
+
+# Of those, the ones that mean the database does not answer at all (a partition, a server down or restarting).
+POSTGRES_UNREACHABLE_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.InterfaceError,  # such as a connection dropped because a statement timed out
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+)
+
+DEFAULT_TIMEOUT_SECONDS = 5.0  # storage.timeout_seconds
+# The server gives up on a statement or a lock wait a little before the client does (storage.timeout_seconds): a
+# slow but reachable server answers with its own error, and the connection stays usable.
+SERVER_TIMEOUT_SHARE = 0.9
+# Unanswered TCP keepalive probes after which either end drops a connection that idles on a dead network.
+KEEPALIVE_PROBES = 3
+
+
+def _server_settings(timeout_seconds: float) -> dict[str, str]:
+    """Session settings sent at connect: the server's own bounds, so nothing waits on it longer than the client
+    does, and no transaction (and no row lock that every writer queues on) outlives a client that vanished."""
+    milliseconds = int(timeout_seconds * 1000)
+    server_side = str(int(milliseconds * SERVER_TIMEOUT_SHARE))
+    return {
+        "application_name": "duo-sidecar",
+        "timezone": "UTC",
+        "statement_timeout": server_side,
+        "lock_timeout": server_side,
+        "idle_in_transaction_session_timeout": str(milliseconds),
+        "tcp_keepalives_idle": str(math.ceil(timeout_seconds)),
+        "tcp_keepalives_interval": str(math.ceil(timeout_seconds / KEEPALIVE_PROBES)),
+        "tcp_keepalives_count": str(KEEPALIVE_PROBES),
+        "tcp_user_timeout": str(milliseconds),
+    }
+
+
+def _bound_socket(transport: object, timeout_seconds: float | None) -> None:
+    """The client's side of the keepalives and user timeout (asyncpg has no option for them): the kernel drops
+    a connection whose sent data stays unacknowledged for the bound, or that idles on a dead network."""
+    if not timeout_seconds or not isinstance(transport, asyncio.BaseTransport):
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a Unix socket: no network to lose
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), math.ceil(timeout_seconds)),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), math.ceil(timeout_seconds / KEEPALIVE_PROBES)),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), KEEPALIVE_PROBES),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(timeout_seconds * 1000)),
+    ]
+    for level, option, value in options:
+        if option is not None:
+            try:
+                sock.setsockopt(level, option, value)
+            except OSError as exc:  # not on this platform: the statement timeouts still bound every wait
+                log.debug("cannot set socket option %s: %s", option, exc)
+
+
+if TYPE_CHECKING:
+    _BaseConnection = asyncpg.Connection[asyncpg.Record]
+else:
+    _BaseConnection = asyncpg.Connection
+
+
+class _BoundedConnection(_BaseConnection):
+    """A connection that gives up on a dead network within the bound, instead of waiting on it again.
+
+    When a statement times out (command_timeout) or its task is cancelled, asyncpg sends a CancelRequest over a
+    new connection, and every later use of this one (ROLLBACK, the pool's reset on release) first waits for that
+    cancel to be acknowledged: on a partitioned network, another full timeout each. This connection is dropped
+    instead. The server ends the statement and rolls back when it sees the close, or by itself when it cannot
+    (statement_timeout, idle_in_transaction_session_timeout, keepalives: _server_settings).
+    """
+
+    def __init__(
+        self,
+        protocol: Any,
+        transport: object,
+        loop: asyncio.AbstractEventLoop,
+        addr: Any,
+        config: Any,
+        params: Any,
+    ) -> None:
+        super().__init__(protocol, transport, loop, addr, config, params)
+        _bound_socket(transport, config.command_timeout)
+
+    def _cancel_current_command(self, waiter: Any, cancel_waiter: Any = None) -> None:
+        # Called by asyncpg's protocol in place of sending the cancel. It still uses the connection after this call
+        # returns (it then fails the statement with TimeoutError): terminate right after, before anyone resumes.
+        asyncio.get_running_loop().call_soon(self.terminate)
+
 
 _Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # generic in the stubs only
 
@@ -303,10 +402,17 @@ class PostgresTx(StoreTx):
             model_id,
         )
 
-    async def record_change(self, actor: str, action: str, resource: str, before_json: str, after_json: str) -> int:
+    async def record_change(
+        self, actor: str, action: str, resource: str, before_json: str, after_json: str, change: Change
+    ) -> int:
         # The row lock (already held since the transaction began) serializes versions across every sidecar.
         version = int(
             await self._db.fetchval("UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version")
+        )
+        await self._db.execute(
+            "INSERT INTO config_changes (version, kind, keys_json, user_ids_json) VALUES ($1, $2, $3, $4)",
+            version,
+            *change_columns(change),
         )
         await self._db.execute(
             """
@@ -326,6 +432,25 @@ class PostgresTx(StoreTx):
         return version
 
 
+async def _rollback(db: _Connection) -> None:
+    try:
+        open_transaction = not db.is_closed() and db.is_in_transaction()
+    except asyncpg.InterfaceError:  # dropped after a timeout or a cancel: the server ends its transaction
+        return
+    if open_transaction:
+        await db.execute("ROLLBACK")
+
+
+async def _changes_since(db: _Connection, version: int, limit: int) -> list[ChangeRecord]:
+    rows = await db.fetch(
+        "SELECT version, kind, keys_json, user_ids_json FROM config_changes WHERE version > $1 "
+        "ORDER BY version LIMIT $2",
+        version,
+        limit,
+    )
+    return [change_record(*r) for r in rows]
+
+
 async def _encrypted_tokens(db: _Connection) -> dict[str, EncryptedToken]:
     rows = await db.fetch(
         "SELECT id, api_token_key_id, api_token_ciphertext FROM self_hosted_models "
@@ -337,12 +462,21 @@ async def _encrypted_tokens(db: _Connection) -> dict[str, EncryptedToken]:
 class PostgresStore(Store):
     backend_name = "postgres"
 
-    def __init__(self, dsn: str, *, min_connections: int = 1, max_connections: int = 8) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 8,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
         self.dsn = dsn
         self.where = redact_dsn(dsn)
         self._min = min_connections
         self._max = max_connections
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self.timeout_seconds = timeout_seconds
+        self._no_answer = f"{self.where}: no answer within {timeout_seconds:g} s (storage.timeout_seconds)"
 
     async def open(self) -> None:
         try:
@@ -350,10 +484,16 @@ class PostgresStore(Store):
                 self.dsn,
                 min_size=self._min,
                 max_size=self._max,
-                server_settings={"application_name": "duo-sidecar", "timezone": "UTC"},
+                # Connect (timeout), each statement (command_timeout) and, at the server, statements, locks and
+                # idle transactions: each bounded by storage.timeout_seconds. The pool waits in _acquire.
+                timeout=self.timeout_seconds,
+                command_timeout=self.timeout_seconds,
+                server_settings=_server_settings(self.timeout_seconds),
+                connection_class=_BoundedConnection,
             )
         except _CONNECT_ERRORS as exc:
-            raise StoreUnavailableError(f"{self.where}: cannot connect to PostgreSQL: {exc}") from exc
+            why = str(exc) or f"no answer within {self.timeout_seconds:g} s (storage.timeout_seconds)"
+            raise StoreUnavailableError(f"{self.where}: cannot connect to PostgreSQL: {why}") from exc
         try:
             await self._migrate()
         except BaseException:
@@ -370,10 +510,7 @@ class PostgresStore(Store):
             )
             current = int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
             if current > LATEST_VERSION:
-                raise SchemaTooNewError(
-                    f"{self.where}: database schema version {current} is newer than this sidecar supports "
-                    f"({LATEST_VERSION}); run the newer sidecar or restore a backup"
-                )
+                raise SchemaTooNewError(schema_too_new_message(self.where, current, LATEST_VERSION))
             for migration in MIGRATIONS:
                 if migration.version <= current:
                     continue
@@ -399,22 +536,39 @@ class PostgresStore(Store):
     async def _acquire(self) -> AsyncIterator[_Connection]:
         if self._pool is None:
             raise RuntimeError("store is not open")
-        async with self._pool.acquire() as db:
-            yield db
+        try:
+            # The timeout bounds waiting for a free connection (connecting one included) and, on release, the
+            # reset of a connection that went dead meanwhile; a statement that timed out dropped its connection.
+            async with self._pool.acquire(timeout=self.timeout_seconds) as db:
+                yield db
+        except TimeoutError as exc:
+            raise StoreUnavailableError(self._no_answer) from exc
+        except asyncpg.InterfaceError as exc:
+            if isinstance(exc.__context__, TimeoutError):  # using the connection a timeout dropped, e.g. ROLLBACK
+                raise StoreUnavailableError(self._no_answer) from exc.__context__
+            raise
 
     async def schema_version(self) -> int:
         async with self._acquire() as db:
             return int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
 
     async def config_version(self) -> int:
+        return (await self.head()).config_version
+
+    async def head(self) -> StoreHead:
         async with self._acquire() as db:
-            return int(await db.fetchval("SELECT version FROM config_version WHERE id = 1"))
+            row = await db.fetchrow(
+                "SELECT version, (SELECT COALESCE(MAX(version), 0) FROM schema_migrations) "
+                "FROM config_version WHERE id = 1"
+            )
+        return StoreHead(int(row[0]), int(row[1])) if row else StoreHead(0, 0)
 
     async def probe(self) -> None:
-        """A round trip through the pool: raises when the database is unreachable or the store is closed."""
+        """A round trip through the pool: raises when the database is unreachable or the store is closed, within
+        storage.timeout_seconds (the pool's and the statement's bounds)."""
         await self.schema_version()
 
-    async def load_state(self) -> StoredState:
+    async def load_state(self, changes_after: int | None = None, changes_limit: int = 0) -> StoredState:
         async with self._acquire() as db, db.transaction(isolation="repeatable_read", readonly=True):
             # One snapshot of every table.
             state = StoredState(
@@ -437,15 +591,30 @@ class PostgresStore(Store):
                 )
             ]
             state.api_tokens = await _encrypted_tokens(db)
+            if changes_after is not None:
+                state.changes = await _changes_since(db, changes_after, changes_limit)
         return state
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[StoreTx]:
-        async with self._acquire() as db, db.transaction():
-            # Writers queue here, as on SQLite's single writer: what this transaction reads before its writes
-            # is not changed by another sidecar until it commits.
-            await db.execute("SELECT version FROM config_version WHERE id = 1 FOR UPDATE")
-            yield PostgresTx(db)
+        async with self._acquire() as db:
+            # COMMIT and ROLLBACK run to the end even if the awaiting task is cancelled: no transaction stays open
+            # (and a connection the pool takes back in a transaction is rolled back by its reset anyway).
+            try:
+                await db.execute("BEGIN")
+                # Writers queue here, as on SQLite's single writer: what this transaction reads before its writes
+                # is not changed by another sidecar until it commits, and versions are handed out in commit order.
+                row = await db.fetchrow(
+                    "SELECT version, (SELECT COALESCE(MAX(version), 0) FROM schema_migrations) "
+                    "FROM config_version WHERE id = 1 FOR UPDATE"
+                )
+                if row is not None and int(row[1]) > LATEST_VERSION:
+                    raise SchemaTooNewError(schema_too_new_message(self.where, int(row[1]), LATEST_VERSION))
+                yield PostgresTx(db)
+            except BaseException:
+                await despite_cancellation(_rollback(db))
+                raise
+            await despite_cancellation(db.execute("COMMIT"))
 
     async def load_user(self, user_id: int) -> UserRouting:
         async with self._acquire() as db:
@@ -487,24 +656,33 @@ class PostgresStore(Store):
             rows = await db.fetch(sql, *params)
         return [(int(r[0]), int(r[1])) for r in rows]
 
-    async def changes_since(self, version: int, limit: int) -> list[AuditEvent]:
+    async def changes_since(self, version: int, limit: int) -> list[ChangeRecord]:
         async with self._acquire() as db:
-            rows = await db.fetch(
-                f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE config_version > $1 ORDER BY config_version LIMIT $2",
-                version,
-                limit,
-            )
-        return [_audit_event(r) for r in rows]
+            return await _changes_since(db, version, limit)
 
     async def watch(self, on_change: Callable[[], None]) -> None:
         """LISTENs on a dedicated connection; reconnects with backoff and signals after every reconnect,
         so a change made while this sidecar was cut off is caught up too."""
         backoff = WATCH_BACKOFF_MIN_SECONDS
+        failing = False  # an outage is logged when it starts and when it ends, not at every retry
         while True:
             try:
-                connection = await asyncpg.connect(self.dsn, timeout=WATCH_BACKOFF_MAX_SECONDS)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("cannot listen for changes on %s (%s); retrying in %.1f s", self.where, exc, backoff)
+                connection = await asyncpg.connect(
+                    self.dsn,
+                    timeout=self.timeout_seconds,
+                    command_timeout=self.timeout_seconds,
+                    server_settings=_server_settings(self.timeout_seconds),
+                    connection_class=_BoundedConnection,
+                )
+            except _CONNECT_ERRORS as exc:
+                log.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "cannot listen for changes on %s (%s); retrying every %.1f s at most",
+                    self.where,
+                    str(exc) or type(exc).__name__,
+                    WATCH_BACKOFF_MAX_SECONDS,
+                )
+                failing = True
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, WATCH_BACKOFF_MAX_SECONDS)
                 continue
@@ -512,17 +690,25 @@ class PostgresStore(Store):
             try:
                 connection.add_termination_listener(lambda _connection, lost=lost: lost.set())
                 await connection.add_listener(NOTIFY_CHANNEL, lambda *_args: on_change())
+                if failing:
+                    log.warning("listening for changes on %s again", self.where)
+                failing = False
                 backoff = WATCH_BACKOFF_MIN_SECONDS
                 on_change()  # whatever happened while not listening
                 while not lost.is_set() and not connection.is_closed():
-                    # asyncpg notices a dead server only when it talks to it.
+                    # asyncpg notices a dead server only when it talks to it: within command_timeout.
                     try:
-                        async with asyncio.timeout(WATCH_BACKOFF_MAX_SECONDS):
-                            await connection.execute("SELECT 1")
-                    except (OSError, asyncpg.PostgresError, TimeoutError):
+                        await connection.execute("SELECT 1")
+                    except _CONNECT_ERRORS:
                         break
                     await asyncio.sleep(WATCH_HEARTBEAT_SECONDS)
                 log.warning("lost the change listener connection to %s; reconnecting", self.where)
+                failing = True
+            except _CONNECT_ERRORS as exc:  # LISTEN itself failed
+                log.log(logging.DEBUG if failing else logging.WARNING, "cannot listen on %s: %s", self.where, exc)
+                failing = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, WATCH_BACKOFF_MAX_SECONDS)
             finally:
                 connection.terminate()
 

@@ -15,6 +15,8 @@ import aiosqlite
 
 from sidecar.domain import (
     AuditEvent,
+    Change,
+    ChangeRecord,
     FeatureProvider,
     FeatureSetting,
     ModelFamily,
@@ -22,7 +24,18 @@ from sidecar.domain import (
     SeatChange,
     SelfHostedModel,
 )
-from sidecar.store.base import KeepToken, Store, StoredState, StoreTx, seat_effects
+from sidecar.store.base import (
+    KeepToken,
+    Store,
+    StoredState,
+    StoreHead,
+    StoreTx,
+    change_columns,
+    change_record,
+    despite_cancellation,
+    schema_too_new_message,
+    seat_effects,
+)
 from sidecar.store.base import SchemaTooNewError as SchemaTooNewError  # re-exported: callers import it from here
 from sidecar.store.migrations import LATEST_VERSION, MIGRATIONS
 from sidecar.tokens import EncryptedToken
@@ -290,11 +303,17 @@ class SQLiteTx(StoreTx):
             (token.key_id, token.ciphertext, model_id),
         )
 
-    async def record_change(self, actor: str, action: str, resource: str, before_json: str, after_json: str) -> int:
+    async def record_change(
+        self, actor: str, action: str, resource: str, before_json: str, after_json: str, change: Change
+    ) -> int:
         await self._db.execute("UPDATE config_version SET version = version + 1 WHERE id = 1")
         row = await self._one("SELECT version FROM config_version WHERE id = 1")
         assert row is not None
         version = int(str(row[0]))
+        await self._db.execute(
+            "INSERT INTO config_changes (version, kind, keys_json, user_ids_json) VALUES (?, ?, ?, ?)",
+            (version, *change_columns(change)),
+        )
         await self._db.execute(
             """
             INSERT INTO audit_events (time, actor, action, resource, before_json, after_json, config_version)
@@ -308,8 +327,11 @@ class SQLiteTx(StoreTx):
 class SQLiteStore(Store):
     backend_name = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, timeout_seconds: float = 5.0) -> None:
         self.path = path
+        # storage.timeout_seconds: how long a statement waits for another connection's lock (busy_timeout) before
+        # it fails with "database is locked", which callers answer with UNAVAILABLE.
+        self.timeout_seconds = timeout_seconds
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -318,7 +340,7 @@ class SQLiteStore(Store):
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute("PRAGMA busy_timeout = 10000")
+        await db.execute(f"PRAGMA busy_timeout = {int(self.timeout_seconds * 1000)}")
         await db.execute("PRAGMA foreign_keys = ON")
         await db.execute("PRAGMA synchronous = FULL")
         return db
@@ -357,10 +379,7 @@ class SQLiteStore(Store):
                 row = await cursor.fetchone()
             current = int(row[0]) if row else 0
             if current > LATEST_VERSION:
-                raise SchemaTooNewError(
-                    f"{self.path}: database schema version {current} is newer than this sidecar supports "
-                    f"({LATEST_VERSION}); run the newer sidecar or restore a backup"
-                )
+                raise SchemaTooNewError(schema_too_new_message(str(self.path), current, LATEST_VERSION))
             for migration in MIGRATIONS:
                 if migration.version <= current:
                     continue
@@ -394,9 +413,14 @@ class SQLiteStore(Store):
         return int(row[0]) if row else 0
 
     async def config_version(self) -> int:
-        async with self._read_db().execute("SELECT version FROM config_version WHERE id = 1") as cursor:
+        return (await self.head()).config_version
+
+    async def head(self) -> StoreHead:
+        async with self._read_db().execute(
+            "SELECT version, (SELECT COALESCE(MAX(version), 0) FROM schema_migrations) FROM config_version WHERE id = 1"
+        ) as cursor:
             row = await cursor.fetchone()
-        return int(row[0]) if row else 0
+        return StoreHead(int(row[0]), int(row[1])) if row else StoreHead(0, 0)
 
     async def probe(self) -> None:
         """A read through the open connection, and the file must still be the one opened: a removed or
@@ -409,10 +433,10 @@ class SQLiteStore(Store):
         if current != self._file_id:
             raise sqlite3.OperationalError(f"{self.path} was replaced by another file")
 
-    async def load_state(self) -> StoredState:
+    async def load_state(self, changes_after: int | None = None, changes_limit: int = 0) -> StoredState:
         db = self._read_db()
-        await db.execute("BEGIN")  # one consistent read of every table
         try:
+            await db.execute("BEGIN")  # one consistent read of every table
             async with db.execute("SELECT version FROM config_version WHERE id = 1") as cursor:
                 row = await cursor.fetchone()
             state = StoredState(config_version=int(row[0]) if row else 0)
@@ -433,8 +457,11 @@ class SQLiteStore(Store):
                 "WHERE api_token_ciphertext IS NOT NULL"
             ) as cursor:
                 state.api_tokens = {str(r[0]): EncryptedToken(str(r[1]), bytes(r[2])) for r in await cursor.fetchall()}
+            if changes_after is not None:
+                state.changes = await self._changes_since(db, changes_after, changes_limit)
         finally:
-            await db.execute("COMMIT")
+            # Queued on the connection's thread after BEGIN even if this task was cancelled before BEGIN ran.
+            await despite_cancellation(db.commit())
         return state
 
     @asynccontextmanager
@@ -443,13 +470,24 @@ class SQLiteStore(Store):
             raise RuntimeError("store is not open")
         async with self._write_lock:
             db = self._writer
-            await db.execute("BEGIN IMMEDIATE")
+            # aiosqlite runs each statement on the connection's thread, in order, and a cancelled await does not
+            # stop it: so BEGIN is inside the try (it may still run after a cancel), and COMMIT or ROLLBACK always
+            # run to the end. rollback() and commit() do nothing when no transaction is open.
             try:
+                await db.execute("BEGIN IMMEDIATE")
+                async with db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations") as cursor:
+                    row = await cursor.fetchone()
+                if row is not None and int(row[0]) > LATEST_VERSION:
+                    raise SchemaTooNewError(schema_too_new_message(str(self.path), int(row[0]), LATEST_VERSION))
                 yield SQLiteTx(db)
             except BaseException:
-                await db.execute("ROLLBACK")
+                await despite_cancellation(db.rollback())
                 raise
-            await db.execute("COMMIT")
+            try:
+                await despite_cancellation(db.commit())
+            except BaseException:
+                await despite_cancellation(db.rollback())
+                raise
 
     async def load_user(self, user_id: int) -> UserRouting:
         async with self._read_db().execute(
@@ -491,12 +529,17 @@ class SQLiteStore(Store):
         async with self._read_db().execute(sql, params) as cursor:
             return [(int(r[0]), int(r[1])) for r in await cursor.fetchall()]
 
-    async def changes_since(self, version: int, limit: int) -> list[AuditEvent]:
-        async with self._read_db().execute(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE config_version > ? ORDER BY config_version LIMIT ?",
+    async def changes_since(self, version: int, limit: int) -> list[ChangeRecord]:
+        return await self._changes_since(self._read_db(), version, limit)
+
+    @staticmethod
+    async def _changes_since(db: aiosqlite.Connection, version: int, limit: int) -> list[ChangeRecord]:
+        async with db.execute(
+            "SELECT version, kind, keys_json, user_ids_json FROM config_changes WHERE version > ? "
+            "ORDER BY version LIMIT ?",
             (version, limit),
         ) as cursor:
-            return [_audit_event(r) for r in await cursor.fetchall()]
+            return [change_record(*r) for r in await cursor.fetchall()]
 
     async def watch(self, on_change: Callable[[], None], interval_seconds: float = WATCH_INTERVAL_SECONDS) -> None:
         """Calls on_change when another connection (process) commits: PRAGMA data_version moves then."""
