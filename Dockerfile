@@ -63,7 +63,7 @@ EXPOSE 50051 9236
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["duo-sidecar", "healthcheck", "--config", "/etc/duo-sidecar/config.toml", "--timeout", "4"]
 
-# SIGTERM (the default stop signal) drains in-flight calls for server.grace_period_seconds (10 s by default):
-# give `docker stop` / terminationGracePeriodSeconds a little more than that.
+# SIGTERM (the default stop signal): health NOT_SERVING for server.drain_delay_seconds (5 s), then in-flight calls
+# get server.grace_period_seconds (10 s): give `docker stop` / terminationGracePeriodSeconds more (20 s).
 ENTRYPOINT ["duo-sidecar"]
 CMD ["serve", "--config", "/etc/duo-sidecar/config.toml"]

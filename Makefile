@@ -4,20 +4,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 
-.PHONY: run test test-long lint typecheck pytest proto bench install clean image-test
+.PHONY: run test test-long lint typecheck pytest proto bench install install-runtime clean image-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# Reinstall when the dependency list changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+# Two stamps, each redone when the dependency list changes. Running needs only the runtime dependencies;
+# the development toolchain (ruff, mypy, pytest, hypothesis, grpcio-tools) comes with `make test` and the other
+# development targets. The development install includes the runtime one, so it renews that stamp too.
+$(VENV)/.installed-runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.installed-runtime
 
-run: install
+install-runtime: $(VENV)/.installed-runtime
+
+install: $(VENV)/.installed-dev
+
+run: install-runtime
 	$(BIN)/duo-sidecar serve $(if $(CONFIG),--config $(CONFIG),)
 
 lint: install
@@ -52,12 +60,14 @@ ruby-deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(RUBY_DEBS)'; \
 	fi
 
-# promtool (Debian's prometheus package) checks a real /metrics scrape and docs/alerts.rules.yml in the tests;
-# installed only when missing. Needs root (or sudo).
+# Debian's prometheus package: promtool checks a real /metrics scrape and docs/alerts.rules.yml (and runs
+# tests/alerts.rules.test.yml), and the prometheus server (/usr/bin/prometheus, same package) evaluates the
+# dashboard's and the alerts' queries in tests/test_dashboard.py. Installed only when either is missing. Needs root
+# (or sudo).
 .PHONY: promtool-deps
 promtool-deps:
-	@if command -v promtool >/dev/null 2>&1; then :; else \
-	  echo "installing prometheus (for promtool)"; \
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then :; else \
+	  echo "installing prometheus (promtool and the prometheus server)"; \
 	  $(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus'; \
 	fi
@@ -66,6 +76,7 @@ promtool-deps:
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.complete
+	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.propagation
 
 # Builds the Dockerfile on a local debootstrap base with buildah and checks the running image (needs root;

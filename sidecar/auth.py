@@ -2,6 +2,10 @@
 
 The client secret may call RoutingService; the admin secret may call everything. Health is open.
 A grpc.aio interceptor checks every call before any handler, queue or concurrency limit sees it.
+
+A method this server does not have needs the admin secret like any other: without a valid token the caller
+gets the same UNAUTHENTICATED/PERMISSION_DENIED as on a real method, so probing paths reveals nothing about
+the API; only a caller holding the admin secret learns UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import enum
 import hashlib
 import hmac
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,6 +33,12 @@ ROUTING_PREFIX = "/gitlab.duo.routing.v1.RoutingService/"
 ADMIN_PREFIX = "/gitlab.duo.routing.v1.AdminService/"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+MAX_TIMESTAMP_DIGITS = 12
+# The whole header, ASCII only: str.isdigit() and int() accept other digits ("²", "٣") and str.lower() and
+# str.strip() fold or strip non-ASCII characters, so the token is matched by this pattern and nothing else.
+_TOKEN = re.compile(
+    rf"(?i:bearer)[ \t]+{TOKEN_VERSION}\.([0-9a-fA-F]{{64}})\.([0-9]{{1,{MAX_TIMESTAMP_DIGITS}}})[ \t]*", re.ASCII
+)
 
 
 class Role(enum.Enum):
@@ -65,22 +76,15 @@ def authenticate(authorization: str | None, required: Role, secrets: Secrets, no
             "AUTH_TOKEN_MISSING",
             "no authorization metadata; send 'authorization: Bearer v2.<hmac>.<timestamp>'",
         )
-    scheme, _, token = authorization.partition(" ")
-    parts = token.strip().split(".")
-    if (
-        scheme.lower() != "bearer"
-        or len(parts) != 3
-        or parts[0] != TOKEN_VERSION
-        or len(parts[1]) != 64
-        or not parts[2].isdigit()
-        or len(parts[2]) > 12
-    ):
+    match = _TOKEN.fullmatch(authorization)
+    if match is None:
         raise _failure(
             ErrorCode.UNAUTHENTICATED,
             "AUTH_TOKEN_MALFORMED",
             "the authorization token is not 'Bearer v2.<hex hmac>.<unix timestamp>'",
         )
-    timestamp = int(parts[2])
+    presented, signed = match.group(1).lower().encode(), match.group(2)
+    timestamp = int(signed)
     skew = timestamp - now
     if abs(skew) > ALLOWED_SKEW_SECONDS:
         when = "in the future" if skew > 0 else "expired"
@@ -89,8 +93,7 @@ def authenticate(authorization: str | None, required: Role, secrets: Secrets, no
             "AUTH_TOKEN_EXPIRED",
             f"the token is {when} ({abs(skew):.0f} s off; at most {ALLOWED_SKEW_SECONDS} s): check the clocks",
         )
-    message = parts[2].encode()
-    presented = parts[1].encode()
+    message = signed.encode()
     role: Role | None = None
     for candidate, secret in ((Role.ADMIN, secrets.admin), (Role.CLIENT, secrets.client)):
         if secret is None:
@@ -162,14 +165,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if self.on_failure is not None:
                 self.on_failure(refusal.reason, enforced)
             if enforced:
-                handler = await continuation(details)
-                return _refusing(handler, refusal) if handler is not None else None
-            log.warning("transitioning: would refuse %s (%s)", details.method, refusal.reason)
+                # An unknown method (no handler) is refused the same way: UNIMPLEMENTED would tell an
+                # unauthenticated caller which methods exist.
+                return _refusing(await continuation(details), refusal)
+            # The path is the caller's text: bounded and quoted in the log line.
+            log.warning("transitioning: would refuse %.200r (%s)", details.method, refusal.reason)
         return await continuation(details)
 
 
-def _refusing(handler: Any, refusal: DuoError) -> Any:
-    """A handler of the same shape as `handler` that ends the call with the refusal's status."""
+def _refusing(handler: Any | None, refusal: DuoError) -> Any:
+    """A handler of the same shape as `handler` that ends the call with the refusal's status.
+
+    With no handler (a method this server does not have) a bidirectional-streaming one: it ends the call
+    without reading a request, whatever the caller's shape.
+    """
     status = status_for(refusal)
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -179,6 +188,8 @@ def _refusing(handler: Any, refusal: DuoError) -> Any:
         await context.abort_with_status(status)
         yield  # pragma: no cover - makes this an async generator for streaming handlers
 
+    if handler is None:
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
     codec = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,

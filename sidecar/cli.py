@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -16,14 +17,22 @@ from sidecar.key_rotation import rotate_key
 from sidecar.logs import setup_logging
 from sidecar.server import StartupError, open_store, serve
 from sidecar.store.base import StoreUnavailableError
-from sidecar.store.postgres import redact_dsn
+from sidecar.store.postgres import POSTGRES_ERRORS, redact_dsn
 from sidecar.store.sqlite import DatabaseLockedError, SchemaTooNewError
 from sidecar.tokens import TokenKeyError
 from sidecar.workers import Supervisor
 
+MAX_WORKERS = 64  # as server.workers
+# The database refused or failed, such as a file that cannot be opened or a role without the rights to migrate.
+STORAGE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, *POSTGRES_ERRORS)
+
 
 def _setup_logging(config: Config) -> None:
     setup_logging(config.log)  # JSON lines on stderr by default (log.format), see sidecar/logs.py
+
+
+def _storage_location(config: Config) -> str:
+    return redact_dsn(config.storage.dsn) if config.storage.backend == "postgres" else config.storage.path
 
 
 async def _migrate(config: Config) -> int:
@@ -31,10 +40,13 @@ async def _migrate(config: Config) -> int:
     await store.open()
     try:
         version = await store.schema_version()
+        deployment_type = await store.deployment_type()
     finally:
         await store.close()
-    where = redact_dsn(config.storage.dsn) if config.storage.backend == "postgres" else config.storage.path
-    print(f"{store.backend_name} database at {where}: schema version {version}")
+    # migrate records no deployment type: the first `serve` records its instance.deployment_type.
+    serves = deployment_type or "not recorded yet (the next serve records instance.deployment_type)"
+    where = _storage_location(config)
+    print(f"{store.backend_name} database at {where}: schema version {version}, deployment type {serves}")
     return 0
 
 
@@ -55,6 +67,23 @@ async def _rotate_key(config: Config) -> int:
     return 0
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_WORKERS}, got {text!r}")
+    return value
+
+
+def _error(message: str) -> int:
+    """Prints a refusal to start, one line per problem, and returns exit status 2."""
+    for line in message.splitlines() or [""]:
+        print(f"duo-sidecar: {line}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="duo-sidecar", description="GitLab Duo routing sidecar")
     parser.add_argument("--version", action="version", version=f"duo-sidecar {__version__}")
@@ -69,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--config", type=Path, help="TOML file (default: built-in defaults)")
         if name == "serve":
             sub.add_argument(
-                "--workers", type=int, help="server processes sharing the port (default: server.workers, 1)"
+                "--workers", type=_workers, help="server processes sharing the port (default: server.workers, 1)"
             )
     # Operations commands handle their own configuration errors and exit codes.
     healthcheck.add_command(commands)
@@ -78,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("healthcheck", "backup", "restore"):
         return int(args.run(args))
 
+    config: Config | None = None
     try:
         config = load_config(args.config)
         _setup_logging(config)
@@ -106,8 +136,13 @@ def main(argv: list[str] | None = None) -> int:
         StoreUnavailableError,
         TokenKeyError,
     ) as exc:
-        print(f"duo-sidecar: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
+    except STORAGE_ERRORS as exc:
+        where = _storage_location(config) if config is not None else "storage"
+        return _error(f"{where}: {type(exc).__name__}: {exc}")
+    except OSError as exc:
+        # A file or directory that cannot be created or read, such as storage.path in a missing directory.
+        return _error(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
     except KeyboardInterrupt:
         return 130
 

@@ -1,6 +1,10 @@
 """Complete: sends a routed request to its upstream and streams the answer back, with deadlines,
 retries before the first token, a circuit breaker and an in-flight cap per endpoint.
 
+Timeouts are what the configuration says a caller waits: upstream.first_token_timeout_seconds bounds everything
+up to the first token (connecting, retries, response headers), upstream.connect_timeout_seconds each connection
+attempt within it, upstream.idle_timeout_seconds each later wait between chunks.
+
 No silent fallback: a request routed to a model either reaches that model or fails.
 """
 
@@ -20,7 +24,7 @@ import aiohttp
 from sidecar.catalog import FeatureInfo
 from sidecar.config import UpstreamConfig
 from sidecar.domain import Platform, Provider, SelfHostedModel
-from sidecar.endpoints import EndpointPolicy, GuardedResolver
+from sidecar.endpoints import EndpointPolicy, GuardedResolver, endpoint_refusal
 from sidecar.errors import DuoError, ErrorCode, failed_precondition, invalid_argument
 from sidecar.policy import Resolution
 from sidecar.upstream import targets
@@ -273,20 +277,30 @@ class Completer:
     async def _exchange(
         self, target: UpstreamRequest, retries: int, breaker: CircuitBreaker | None
     ) -> AsyncGenerator[Event]:
+        """The upstream's events. One deadline, upstream.first_token_timeout_seconds from now, bounds everything
+        before the first token: connecting, every retry and its backoff, the response headers and the first token.
+        Retries (connection errors and HTTP 5xx only) get what is left of it, never a fresh bound."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.first_token_timeout_seconds
         attempt = 0
         while True:
             try:
-                response = await self._open(target)
+                response = await self._open(target, deadline)
                 break
             except _Retryable as retryable:
                 if breaker is not None:
                     breaker.record_failure()
                 closed = breaker is None or breaker.state is BreakerState.CLOSED
-                if attempt >= retries or not closed:
+                backoff = _RETRY_BACKOFF_SECONDS * (attempt + 1)
+                if attempt >= retries or not closed or loop.time() + backoff >= deadline:
                     raise retryable.error from None
                 attempt += 1
                 log.info("retrying %s after: %s", target.description, retryable.error.message)
-                await asyncio.sleep(_RETRY_BACKOFF_SECONDS * attempt)
+                await asyncio.sleep(backoff)
+            except DuoError as error:
+                if breaker is not None and error.reason == "UPSTREAM_TIMEOUT":
+                    breaker.record_failure()  # the endpoint failed, though a timeout is not retried
+                raise
         try:
             events = (
                 openai_sse_events(target, response)
@@ -294,20 +308,26 @@ class Completer:
                 else raw_text_events(target, response)
             )
             async with contextlib.aclosing(events):
-                timeout = self.config.first_token_timeout_seconds
+                first = True
                 while True:
                     try:
-                        async with asyncio.timeout(timeout):
+                        async with asyncio.timeout_at(
+                            deadline if first else loop.time() + self.config.idle_timeout_seconds
+                        ):
                             event = await anext(events)
                     except StopAsyncIteration:
                         break
                     except TimeoutError:
-                        waited = "the first token" if timeout == self.config.first_token_timeout_seconds else "more"
-                        raise upstream_error(
-                            ErrorCode.UNAVAILABLE,
-                            "UPSTREAM_TIMEOUT",
-                            target,
-                            f"{target.description} sent nothing for {timeout:g} s while we waited for {waited}",
+                        raise (
+                            self._first_token_timeout(target)
+                            if first
+                            else upstream_error(
+                                ErrorCode.UNAVAILABLE,
+                                "UPSTREAM_TIMEOUT",
+                                target,
+                                f"{target.description} sent nothing for {self.config.idle_timeout_seconds:g} s "
+                                "(upstream.idle_timeout_seconds) in the middle of its answer",
+                            )
                         ) from None
                     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
                         raise upstream_error(
@@ -316,7 +336,7 @@ class Completer:
                             target,
                             f"{target.description} broke off the stream: {type(exc).__name__}",
                         ) from None
-                    timeout = self.config.idle_timeout_seconds
+                    first = False
                     yield event
         except DuoError as error:
             response.close()
@@ -330,17 +350,37 @@ class Completer:
         if breaker is not None:
             breaker.record_success()
 
-    async def _open(self, target: UpstreamRequest) -> aiohttp.ClientResponse:
+    def _first_token_timeout(self, target: UpstreamRequest) -> DuoError:
+        return upstream_error(
+            ErrorCode.UNAVAILABLE,
+            "UPSTREAM_TIMEOUT",
+            target,
+            f"{target.description} sent no first token within {self.config.first_token_timeout_seconds:g} s "
+            "(upstream.first_token_timeout_seconds, connecting and retries included)",
+        )
+
+    async def _open(self, target: UpstreamRequest, deadline: float) -> aiohttp.ClientResponse:
+        """The upstream's response (status below 400), by `deadline` (event loop time). Raises _Retryable for what
+        may be retried: connection errors (a connect timeout included) and HTTP 5xx; a DuoError for the rest."""
+        refused = self._policy_for(target.endpoint_key).address_refusal(target.url)
+        if refused is not None:
+            raise _endpoint_not_allowed(target, refused)
         session = self._session(target.endpoint_key)
         try:
-            async with asyncio.timeout(self.config.connect_timeout_seconds + self.config.first_token_timeout_seconds):
+            async with asyncio.timeout_at(deadline):
                 response = await session.post(target.url, json=target.body, headers=target.headers)
-        except TimeoutError:
+        except aiohttp.ConnectionTimeoutError:  # before the deadline: upstream.connect_timeout_seconds ran out
             raise _Retryable(
                 upstream_error(
-                    ErrorCode.UNAVAILABLE, "UPSTREAM_TIMEOUT", target, f"{target.description} did not answer in time"
+                    ErrorCode.UNAVAILABLE,
+                    "UPSTREAM_TIMEOUT",
+                    target,
+                    f"cannot reach {target.description} at {target.endpoint_key}: no connection within "
+                    f"{self.config.connect_timeout_seconds:g} s (upstream.connect_timeout_seconds)",
                 )
             ) from None
+        except TimeoutError:
+            raise self._first_token_timeout(target) from None  # the deadline: not retried, nothing is left of it
         except aiohttp.InvalidURL:
             raise failed_precondition(
                 "UPSTREAM_MISCONFIGURED",
@@ -348,18 +388,22 @@ class Completer:
                 subject=target.endpoint_key,
             ) from None
         except aiohttp.ClientError as exc:
+            refusal = endpoint_refusal(exc)
+            if refusal is not None:
+                raise _endpoint_not_allowed(target, refusal.why) from None
             raise _Retryable(
                 upstream_error(
                     ErrorCode.UNAVAILABLE,
                     "UPSTREAM_UNAVAILABLE",
                     target,
-                    f"cannot reach {target.description} at {target.endpoint_key}: {_describe(exc)}",
+                    f"cannot reach {target.description} at {target.endpoint_key}: {_describe(exc, target)}",
                 )
             ) from None
         if response.status < 400:
             return response
+        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.config.idle_timeout_seconds):
+            async with asyncio.timeout_at(min(deadline, loop.time() + self.config.idle_timeout_seconds)):
                 body = (await response.content.read(_ERROR_BODY_BYTES)).decode("utf-8", errors="replace")
         except (TimeoutError, aiohttp.ClientError):
             body = ""
@@ -384,35 +428,58 @@ class Completer:
                 if isinstance(event, TextDelta):
                     produced.append(event.text)
         except DuoError as error:
+            # The endpoint's own failures speak for themselves; a refusal by the sidecar's endpoint rules names
+            # its reason, which the response has no field for.
+            said = f"{error.reason}: {error.message}" if error.reason == ENDPOINT_NOT_ALLOWED else error.message
             return ModelTestResult(
-                False,
-                (time.perf_counter() - start) * 1000,
-                int(error.metadata.get("http_status", "0")),
-                error.message,
-                "",
+                False, (time.perf_counter() - start) * 1000, int(error.metadata.get("http_status", "0")), said, ""
             )
         return ModelTestResult(True, (time.perf_counter() - start) * 1000, 200, "", "".join(produced)[:200])
 
     async def fetch_json(self, url: str, headers: dict[str, str], description: str) -> Any:
         """GETs a JSON document (the AI Gateway's model catalog)."""
         probe = UpstreamRequest(url, description, url, headers, {}, "json", self.gateway.cloud_connector_token)
+        refused = self._policy_for(targets.origin(url)).address_refusal(url)
+        if refused is not None:
+            raise _endpoint_not_allowed(probe, refused)
         session = self._session(targets.origin(url))
         try:
-            async with asyncio.timeout(self.config.connect_timeout_seconds + self.config.first_token_timeout_seconds):
+            async with asyncio.timeout(self.config.first_token_timeout_seconds):
                 async with session.get(url, headers=headers) as response:
                     if response.status >= 400:
                         raise error_for_status(probe, response.status, await response.text(errors="replace"))
                     return await response.json(content_type=None)
         except TimeoutError:
             raise upstream_error(
-                ErrorCode.UNAVAILABLE, "UPSTREAM_TIMEOUT", probe, f"{description} did not answer"
+                ErrorCode.UNAVAILABLE,
+                "UPSTREAM_TIMEOUT",
+                probe,
+                f"{description} did not answer within {self.config.first_token_timeout_seconds:g} s "
+                "(upstream.first_token_timeout_seconds)",
             ) from None
         except (aiohttp.ClientError, ValueError) as exc:
+            refusal = endpoint_refusal(exc)
+            if refusal is not None:
+                raise _endpoint_not_allowed(probe, refusal.why) from None
             raise upstream_error(
-                ErrorCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", probe, f"{description} failed: {_describe(exc)}"
+                ErrorCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", probe, f"{description} failed: {_describe(exc, probe)}"
             ) from None
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text[:200]
+ENDPOINT_NOT_ALLOWED = "ENDPOINT_NOT_ALLOWED"
+
+
+def _endpoint_not_allowed(target: UpstreamRequest, why: str) -> DuoError:
+    """A connection the endpoint rules refuse (upstream.allowed_cidrs, link-local and metadata addresses): the
+    endpoint's address changed since it was registered, or the rules did. Nothing was sent."""
+    return failed_precondition(
+        ENDPOINT_NOT_ALLOWED,
+        f"{target.description} at {target.endpoint_key} may not be contacted: {why}. Nothing was sent; point the "
+        "model at an allowed address, or have the operator widen upstream.allowed_cidrs",
+        subject=target.endpoint_key,
+        metadata={"upstream": target.description, "endpoint": target.endpoint_key},
+    )
+
+
+def _describe(exc: BaseException, target: UpstreamRequest) -> str:
+    return target.redact(str(exc) or type(exc).__name__, 200)

@@ -9,7 +9,7 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,14 +24,24 @@ LOG_FORMATS = ("json", "text")
 
 
 class ConfigError(ValueError):
-    """A configuration problem; the message names where it is and what to do."""
+    """Configuration problems, one per line; each names where it is and what to do."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__("\n".join(problems))
+        self.problems: tuple[str, ...] = problems
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
     grace_period_seconds: float = 10.0
-    max_receive_message_bytes: int = 16 * 1024 * 1024
+    # After SIGTERM: health NOT_SERVING while still serving, so load balancers and kubelets notice first.
+    drain_delay_seconds: float = 5.0
+    max_receive_message_bytes: int = 4 * 1024 * 1024
+    # Calls in flight per service and process; the excess is refused with RESOURCE_EXHAUSTED (OVERLOADED).
+    max_concurrent_routing_calls: int = 256  # ResolveModel
+    max_concurrent_complete_calls: int = 256  # Complete streams
+    max_concurrent_admin_calls: int = 32
     workers: int = 1  # server processes sharing the port (duo-sidecar serve --workers N overrides)
     reuse_port: bool = False  # set by the worker supervisor: several processes share the port
     tls_cert_file: str = ""
@@ -191,28 +201,86 @@ def _postgres_dsn(dsn: str, where: str) -> None:
         raise ConfigError(f"{where}: expected a postgresql:// URI, {example}")
 
 
-def _validate(config: Config, where: Mapping[str, str]) -> None:
+def _collect(problems: list[str], check: Callable[[str, str], None], value: str, where: str) -> None:
+    """Runs a check that raises ConfigError, recording its problems instead."""
+    try:
+        check(value, where)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+
+
+def _why(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return exc.strerror or str(exc)
+
+
+def _readable(path: str, where: str, problems: list[str]) -> bytes | None:
+    """The file's contents, or None (with the problem recorded) when it is missing or cannot be read."""
+    if not Path(path).is_file():
+        problems.append(f"{where}: file {path} does not exist")
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        problems.append(f"{where}: cannot read {path}: {_why(exc)}")
+        return None
+
+
+def _secret(auth: AuthConfig, role: str, where: str, problems: list[str]) -> str | None:
+    """The role's secret ("" when not configured), or None when its file cannot be read (recorded already)."""
+    path = getattr(auth, f"{role}_secret_file")
+    if path and not Path(path).is_file():
+        return None  # "does not exist" is recorded with the other file checks
+    try:
+        return auth.read_secret(role)
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{where}: cannot read {path}: {_why(exc)}")
+        return None
+
+
+# What a PEM file for each TLS key must hold; anything else makes gRPC fail later with a misleading message.
+_PEM_CONTENTS = {
+    "tls_cert_file": (b"-----BEGIN CERTIFICATE-----", "certificate"),
+    "tls_key_file": (b"PRIVATE KEY-----", "private key"),
+    "tls_client_ca_file": (b"-----BEGIN CERTIFICATE-----", "CA certificate"),
+}
+
+
+def _validate(config: Config, where: Mapping[str, str], problems: list[str]) -> None:
+    """Checks every key and appends each problem found to `problems` (new checks: append, do not raise)."""
+
     def at(section: str, key: str) -> str:
         return where.get(f"{section}.{key}", f"{config.source}: [{section}] {key}")
 
-    _host_port(config.server.listen, at("server", "listen"))
-    _host_port(config.metrics.listen, at("metrics", "listen"))
+    _collect(problems, _host_port, config.server.listen, at("server", "listen"))
+    _collect(problems, _host_port, config.metrics.listen, at("metrics", "listen"))
     if config.server.grace_period_seconds < 0:
-        raise ConfigError(f"{at('server', 'grace_period_seconds')}: must not be negative")
+        problems.append(f"{at('server', 'grace_period_seconds')}: must not be negative")
+    if not 0 <= config.server.drain_delay_seconds <= 300:
+        problems.append(f"{at('server', 'drain_delay_seconds')}: must be between 0 and 300")
+    for key in ("max_concurrent_routing_calls", "max_concurrent_complete_calls", "max_concurrent_admin_calls"):
+        if not 1 <= getattr(config.server, key) <= 100_000:
+            problems.append(f"{at('server', key)}: must be between 1 and 100000")
     names = [d.config_name for d in DeploymentType]
     if config.instance.deployment_type not in names:
-        raise ConfigError(
+        problems.append(
             f"{at('instance', 'deployment_type')}: must be one of {', '.join(names)}, "
             f"got {config.instance.deployment_type!r}"
         )
-    url = urlparse(config.instance.ai_gateway_url)
-    if url.scheme not in ("http", "https") or not url.netloc:
-        raise ConfigError(f"{at('instance', 'ai_gateway_url')}: expected an http(s) URL")
+    try:
+        url = urlparse(config.instance.ai_gateway_url)
+        url.port  # noqa: B018 (parses the port)
+        gateway_url_ok = url.scheme in ("http", "https") and bool(url.netloc)
+    except ValueError:
+        gateway_url_ok = False
+    if not gateway_url_ok:
+        problems.append(f"{at('instance', 'ai_gateway_url')}: expected an http(s) URL")
     if config.instance.catalog_refresh_seconds < 0:
-        raise ConfigError(f"{at('instance', 'catalog_refresh_seconds')}: must not be negative (0 disables)")
+        problems.append(f"{at('instance', 'catalog_refresh_seconds')}: must not be negative (0 disables)")
     token_file = config.instance.cloud_connector_token_file
-    if token_file and not Path(token_file).is_file():
-        raise ConfigError(f"{at('instance', 'cloud_connector_token_file')}: file {token_file} does not exist")
+    if token_file:
+        _readable(token_file, at("instance", "cloud_connector_token_file"), problems)
     for key in (
         "connect_timeout_seconds",
         "first_token_timeout_seconds",
@@ -220,73 +288,83 @@ def _validate(config: Config, where: Mapping[str, str]) -> None:
         "circuit_open_seconds",
     ):
         if getattr(config.upstream, key) <= 0:
-            raise ConfigError(f"{at('upstream', key)}: must be positive")
+            problems.append(f"{at('upstream', key)}: must be positive")
     for key in ("max_in_flight_per_endpoint", "circuit_failure_threshold"):
         if getattr(config.upstream, key) < 1:
-            raise ConfigError(f"{at('upstream', key)}: must be at least 1")
+            problems.append(f"{at('upstream', key)}: must be at least 1")
     try:
         parse_cidrs(config.upstream.allowed_cidrs)
     except ValueError as exc:
-        raise ConfigError(f"{at('upstream', 'allowed_cidrs')}: {exc}") from None
+        problems.append(f"{at('upstream', 'allowed_cidrs')}: {exc}")
     if not 0 <= config.upstream.retries <= 5:
-        raise ConfigError(f"{at('upstream', 'retries')}: must be between 0 and 5")
+        problems.append(f"{at('upstream', 'retries')}: must be between 0 and 5")
     if config.storage.backend not in ("sqlite", "postgres"):
-        raise ConfigError(f"{at('storage', 'backend')}: must be sqlite or postgres, got {config.storage.backend!r}")
+        problems.append(f"{at('storage', 'backend')}: must be sqlite or postgres, got {config.storage.backend!r}")
     if config.storage.backend == "sqlite" and not config.storage.path:
-        raise ConfigError(f"{at('storage', 'path')}: the sqlite backend needs a database file path")
+        problems.append(f"{at('storage', 'path')}: the sqlite backend needs a database file path")
+    elif config.storage.backend == "sqlite":
+        database = Path(config.storage.path)
+        existing = next(p for p in (database, *database.parents) if p.exists() or p == p.parent)
+        if existing == database and database.is_dir():
+            problems.append(
+                f"{at('storage', 'path')}: {database} is a directory; give the database file's path, such as "
+                f"{database / 'sidecar.db'}"
+            )
+        elif existing != database and not existing.is_dir():
+            problems.append(f"{at('storage', 'path')}: {existing} is not a directory")
     if config.storage.backend == "postgres":
-        _postgres_dsn(config.storage.dsn, at("storage", "dsn"))
+        _collect(problems, _postgres_dsn, config.storage.dsn, at("storage", "dsn"))
         if not config.storage.token_key_file:
-            raise ConfigError(
+            problems.append(
                 f"{at('storage', 'token_key_file')}: the postgres backend needs an explicit token key file, the same "
                 "file on every sidecar sharing the database (the first sidecar creates it; copy it to the others)"
             )
     if config.log.level not in LOG_LEVELS:
-        raise ConfigError(f"{at('log', 'level')}: must be one of {', '.join(LOG_LEVELS)}")
+        problems.append(f"{at('log', 'level')}: must be one of {', '.join(LOG_LEVELS)}")
     if config.log.format not in LOG_FORMATS:
-        raise ConfigError(f"{at('log', 'format')}: must be one of {', '.join(LOG_FORMATS)}")
+        problems.append(f"{at('log', 'format')}: must be one of {', '.join(LOG_FORMATS)}")
     if not config.storage.probe_interval_seconds > 0:
-        raise ConfigError(f"{at('storage', 'probe_interval_seconds')}: must be positive")
+        problems.append(f"{at('storage', 'probe_interval_seconds')}: must be positive")
     if not 0 < config.storage.timeout_seconds <= MAX_STORAGE_TIMEOUT_SECONDS:
-        raise ConfigError(
+        problems.append(
             f"{at('storage', 'timeout_seconds')}: must be positive and at most {MAX_STORAGE_TIMEOUT_SECONDS:g}"
         )
     for key in ("client_secret_file", "admin_secret_file"):
         path = getattr(config.auth, key)
         if path and not Path(path).is_file():
-            raise ConfigError(f"{at('auth', key)}: file {path} does not exist")
+            problems.append(f"{at('auth', key)}: file {path} does not exist")
+    secrets: dict[str, str | None] = {}
     for role in ("client", "admin"):
         if getattr(config.auth, f"{role}_secret_file") and getattr(config.auth, f"{role}_secret"):
-            raise ConfigError(
-                f"{at('auth', role + '_secret')}: set either {role}_secret_file or {role}_secret, not both"
-            )
-        secret = config.auth.read_secret(role)
+            problems.append(f"{at('auth', role + '_secret')}: set either {role}_secret_file or {role}_secret, not both")
+        secret = secrets[role] = _secret(config.auth, role, at("auth", role + "_secret_file"), problems)
         if secret and len(secret) < MIN_SECRET_LENGTH:
-            raise ConfigError(
+            problems.append(
                 f"{at('auth', role + '_secret_file')}: the {role} secret is shorter than {MIN_SECRET_LENGTH} "
                 "characters (generate one with `openssl rand -hex 32`)"
             )
-    if config.auth.read_secret("client") and not config.auth.read_secret("admin"):
-        raise ConfigError(
+    if secrets["client"] and secrets["admin"] == "":
+        problems.append(
             f"{at('auth', 'admin_secret_file')}: a client secret without an admin secret would lock admins out; "
             "configure both"
         )
     if config.auth.reflection not in ("admin", "open"):
-        raise ConfigError(f"{at('auth', 'reflection')}: must be admin or open")
+        problems.append(f"{at('auth', 'reflection')}: must be admin or open")
     if bool(config.server.tls_cert_file) != bool(config.server.tls_key_file):
-        raise ConfigError(f"{at('server', 'tls_cert_file')}: TLS needs both tls_cert_file and tls_key_file")
+        problems.append(f"{at('server', 'tls_cert_file')}: TLS needs both tls_cert_file and tls_key_file")
     if config.server.tls_client_ca_file and not config.server.tls_cert_file:
-        raise ConfigError(f"{at('server', 'tls_client_ca_file')}: mutual TLS needs tls_cert_file and tls_key_file")
-    for key in ("tls_cert_file", "tls_key_file", "tls_client_ca_file"):
+        problems.append(f"{at('server', 'tls_client_ca_file')}: mutual TLS needs tls_cert_file and tls_key_file")
+    for key, (marker, holding) in _PEM_CONTENTS.items():
         path = getattr(config.server, key)
-        if path and not Path(path).is_file():
-            raise ConfigError(f"{at('server', key)}: file {path} does not exist")
+        contents = _readable(path, at("server", key), problems) if path else None
+        if contents is not None and marker not in contents:
+            problems.append(f"{at('server', key)}: {path} is not a PEM file holding a {holding}")
     if config.storage.user_cache_size < 1:
-        raise ConfigError(f"{at('storage', 'user_cache_size')}: must be at least 1")
+        problems.append(f"{at('storage', 'user_cache_size')}: must be at least 1")
     if not 1 <= config.server.workers <= 64:
-        raise ConfigError(f"{at('server', 'workers')}: must be between 1 and 64")
+        problems.append(f"{at('server', 'workers')}: must be between 1 and 64")
     if config.server.max_receive_message_bytes < 64 * 1024:
-        raise ConfigError(f"{at('server', 'max_receive_message_bytes')}: must be at least 65536")
+        problems.append(f"{at('server', 'max_receive_message_bytes')}: must be at least 65536")
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
@@ -297,14 +375,16 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
     if path is not None:
         source = str(path)
         try:
-            raw = tomllib.loads(path.read_text())
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: file not found") from None
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {_why(exc)}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
+    # Every problem is collected, so that one run of check-config names them all.
+    problems: list[str] = []
     where: dict[str, str] = {}
     sections: dict[str, Any] = {}
     for section, section_type in _SECTION_TYPES.items():
@@ -312,28 +392,36 @@ def load_config(path: Path | None = None, environ: Mapping[str, str] | None = No
         known = {f.name for f in dataclasses.fields(section_type)}
         table = raw.pop(section, {})
         if not isinstance(table, dict):
-            raise ConfigError(f"{source}: [{section}] must be a table")
+            problems.append(f"{source}: [{section}] must be a table")
+            table = {}
         values: dict[str, Any] = {}
         for key, value in table.items():
             if key not in known:
-                raise ConfigError(
-                    f"{source}: [{section}] {key}: unknown key; known keys are {', '.join(sorted(known))}"
-                )
-            values[key] = _coerce(value, getattr(defaults, key), f"{source}: [{section}] {key}")
+                problems.append(f"{source}: [{section}] {key}: unknown key; known keys are {', '.join(sorted(known))}")
+                continue
+            try:
+                values[key] = _coerce(value, getattr(defaults, key), f"{source}: [{section}] {key}")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
         prefix = f"{ENV_PREFIX}{section.upper()}_"
         for name, value in environ.items():
             if not name.startswith(prefix):
                 continue
             key = name[len(prefix) :].lower()
             if key not in known:
-                raise ConfigError(f"environment {name}: unknown key; known keys are {', '.join(sorted(known))}")
-            values[key] = _coerce(value, getattr(defaults, key), f"environment {name}")
+                problems.append(f"environment {name}: unknown key; known keys are {', '.join(sorted(known))}")
+                continue
+            try:
+                values[key] = _coerce(value, getattr(defaults, key), f"environment {name}")
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                continue
             where[f"{section}.{key}"] = f"environment {name}"
         sections[section] = section_type(**values)
-    if raw:
-        raise ConfigError(
-            f"{source}: unknown section [{next(iter(raw))}]; known sections are {', '.join(_SECTION_TYPES)}"
-        )
+    for unknown in raw:
+        problems.append(f"{source}: unknown section [{unknown}]; known sections are {', '.join(_SECTION_TYPES)}")
     config = Config(**sections, source=source)
-    _validate(config, where)
+    _validate(config, where, problems)
+    if problems:
+        raise ConfigError(*problems)
     return config

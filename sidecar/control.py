@@ -145,12 +145,21 @@ class AdminCommands:
                 "behind an OpenAI-compatible endpoint (such as vLLM) or Azure OpenAI",
                 subject="platform/bedrock",
             )
-        url = urlparse(fields.endpoint)
-        if url.scheme not in ("http", "https") or not url.hostname or len(fields.endpoint) > MAX_ENDPOINT_LENGTH:
+        for field_name, value in (("name", name), ("endpoint", fields.endpoint), ("identifier", fields.identifier)):
+            if not value.isprintable():  # a NUL or a line break would reach the database and the logs
+                raise invalid_argument(f"{prefix}{field_name}", f"{field_name} must not contain control characters")
+        try:
+            url = urlparse(fields.endpoint)
+            url.port  # noqa: B018 - parsed for its check: a port that is not 0-65535 in ASCII digits
+            valid = url.scheme in ("http", "https") and bool(url.hostname) and fields.endpoint.isascii()
+        except ValueError:
+            valid = False
+        if not valid or len(fields.endpoint) > MAX_ENDPOINT_LENGTH:
             raise invalid_argument(
                 f"{prefix}endpoint",
-                f"endpoint must be an http:// or https:// URL with a host (at most {MAX_ENDPOINT_LENGTH} "
-                f"characters), such as http://vllm.internal:8000/v1; got {fields.endpoint[:100]!r}",
+                "endpoint must be an http:// or https:// URL with a host and an optional port, in ASCII (at most "
+                f"{MAX_ENDPOINT_LENGTH} characters), such as http://vllm.internal:8000/v1; "
+                f"got {fields.endpoint[:100]!r}",
             )
         if url.username or url.password:
             raise invalid_argument(

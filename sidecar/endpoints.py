@@ -3,7 +3,9 @@
 Refused always: link-local and cloud metadata addresses (169.254.0.0/16, fe80::/10, fd00:ec2::254), where
 a registered "model" could read instance credentials. Private ranges are allowed, because that is where
 self-hosted models live; an optional allow-list narrows everything down to the operator's networks. The
-check runs when a model is registered and again on every connection (so DNS cannot be changed under it).
+check runs when a model is registered and again on every connection (so DNS cannot be changed under it):
+GuardedResolver for names, EndpointPolicy.address_refusal for endpoints given as an IP address (which aiohttp
+connects to without resolving). A connection refused either way fails with ENDPOINT_NOT_ALLOWED saying why.
 """
 
 from __future__ import annotations
@@ -66,6 +68,16 @@ class EndpointPolicy:
             return f"{address} is outside the allowed networks ({', '.join(str(n) for n in self.allowed)})"
         return None
 
+    def address_refusal(self, url: str) -> str | None:
+        """Why the endpoint may not be contacted when its host is an IP address, else None (names are checked by
+        GuardedResolver when they are resolved; aiohttp never resolves an IP address, so it is checked here)."""
+        host = urlsplit(url).hostname or ""
+        try:
+            ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return None
+        return self.refusal(host)
+
     async def _resolve(self, host: str, port: int) -> list[str]:
         if self._getaddrinfo is not None:
             infos = await self._getaddrinfo(host, port)
@@ -94,6 +106,32 @@ class EndpointPolicy:
                 raise invalid_argument(field, f"endpoint {url[:200]!r} is refused: {reason}", "ENDPOINT_NOT_ALLOWED")
 
 
+class EndpointRefused(OSError):
+    """Every address a host resolves to is refused by the policy; `why` says why, address by address.
+
+    An OSError because that is what aiohttp expects from a resolver: it arrives wrapped in a ClientConnectorError
+    (its `os_error`), where sidecar.completion finds it and answers ENDPOINT_NOT_ALLOWED.
+    """
+
+    def __init__(self, host: str, why: str) -> None:
+        super().__init__(f"{host} resolves only to addresses the sidecar may not contact: {why}")
+        self.host = host
+        self.why = why
+
+
+def endpoint_refusal(exc: BaseException) -> EndpointRefused | None:
+    """The EndpointRefused behind an aiohttp connection error, if that is what it was."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, EndpointRefused):
+            return current
+        seen.add(id(current))
+        inner = getattr(current, "os_error", None)  # aiohttp.ClientConnectorError keeps the resolver's error here
+        current = inner if isinstance(inner, BaseException) else current.__cause__ or current.__context__
+    return None
+
+
 class GuardedResolver(AbstractResolver):
     """aiohttp resolver that drops addresses the policy refuses, at connection time."""
 
@@ -105,9 +143,10 @@ class GuardedResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
-        allowed = [r for r in results if self._policy.refusal(r["host"]) is None]
+        refusals = {r["host"]: self._policy.refusal(r["host"]) for r in results}
+        allowed = [r for r in results if refusals[r["host"]] is None]
         if not allowed:
-            raise OSError(f"{host} resolves only to addresses the sidecar may not contact")
+            raise EndpointRefused(host, "; ".join(str(why) for why in dict.fromkeys(refusals.values())))
         return allowed
 
     async def close(self) -> None:

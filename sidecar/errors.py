@@ -46,6 +46,7 @@ class DuoError(Exception):
     metadata: Mapping[str, str] = field(default_factory=dict)
     field_violations: tuple[FieldViolation, ...] = ()
     precondition_violations: tuple[PreconditionViolation, ...] = ()
+    retry_after_seconds: float | None = None  # sent as google.rpc.RetryInfo
 
     def __post_init__(self) -> None:
         super().__init__(self.message)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -57,6 +57,10 @@ def status_for(error: DuoError) -> Any:
                 )
             )
         )
+    if error.retry_after_seconds is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
+        details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     code = getattr(code_pb2, error.code.value)
     return rpc_status.to_status(status_pb2.Status(code=code, message=error.message, details=details))
 
@@ -133,6 +137,31 @@ class _Undecodable:
     problem: str
 
 
+@dataclass(frozen=True)
+class _Oversized:
+    """Stands in for a request larger than its method's limit: refused without being parsed."""
+
+    size: int
+    limit: int
+
+
+def _oversized_error(request: _Oversized) -> DuoError:
+    return DuoError(
+        ErrorCode.RESOURCE_EXHAUSTED,
+        "REQUEST_TOO_LARGE",
+        f"the request message has {request.size} bytes; this method accepts at most {request.limit}",
+        metadata={"size": str(request.size), "limit": str(request.limit)},
+    )
+
+
+def _refusal(request: Any) -> DuoError | None:
+    if isinstance(request, _Undecodable):
+        return _undecodable_error(request.problem)
+    if isinstance(request, _Oversized):
+        return _oversized_error(request)
+    return None
+
+
 def _undecodable_error(problem: str) -> DuoError:
     return DuoError(
         ErrorCode.INVALID_ARGUMENT,
@@ -141,11 +170,14 @@ def _undecodable_error(problem: str) -> DuoError:
     )
 
 
-def _guard(handler: Any) -> Any:
-    """The same method handler, answering INVALID_ARGUMENT (not gRPC's UNKNOWN) to undecodable requests."""
+def _guard(handler: Any, max_bytes: int) -> Any:
+    """The same method handler, answering INVALID_ARGUMENT (not gRPC's UNKNOWN) to undecodable requests, and
+    RESOURCE_EXHAUSTED to requests over the method's own size limit, which are not parsed at all."""
     deserialize = handler.request_deserializer
 
     def safe_deserialize(data: bytes) -> Any:
+        if len(data) > max_bytes:
+            return _Oversized(len(data), max_bytes)
         try:
             return deserialize(data)
         except DecodeError as exc:
@@ -155,16 +187,18 @@ def _guard(handler: Any) -> Any:
     if handler.unary_unary:
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Undecodable):
-                await context.abort_with_status(status_for(_undecodable_error(request.problem)))
+            refusal = _refusal(request)
+            if refusal is not None:
+                await context.abort_with_status(status_for(refusal))
             return await behavior(request, context)
 
         return handler._replace(request_deserializer=safe_deserialize, unary_unary=unary)
     if handler.unary_stream:
 
         async def server_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            if isinstance(request, _Undecodable):
-                await context.abort_with_status(status_for(_undecodable_error(request.problem)))
+            refusal = _refusal(request)
+            if refusal is not None:
+                await context.abort_with_status(status_for(refusal))
             async for response in behavior(request, context):
                 yield response
 
@@ -172,8 +206,9 @@ def _guard(handler: Any) -> Any:
 
     async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         async for request in requests:
-            if isinstance(request, _Undecodable):
-                raise _undecodable_error(request.problem)
+            refusal = _refusal(request)
+            if refusal is not None:
+                raise refusal
             yield request
 
     if handler.stream_unary:
@@ -204,10 +239,19 @@ class _Registration:
         self.service, self.handlers = service, handlers
 
 
-def add_guarded_servicer(server: grpc.aio.Server, add_to_server: Callable[[Any, Any], None], servicer: Any) -> None:
-    """Registers a servicer like the generated add_*_to_server, with every handler guarded by _guard."""
+def add_guarded_servicer(
+    server: grpc.aio.Server,
+    add_to_server: Callable[[Any, Any], None],
+    servicer: Any,
+    max_request_bytes: Callable[[str], int],
+) -> None:
+    """Registers a servicer like the generated add_*_to_server, with every handler guarded by _guard;
+    max_request_bytes gives each method path its size limit."""
     registration = _Registration()
     add_to_server(servicer, registration)
-    guarded = {name: _guard(handler) for name, handler in registration.handlers.items()}
+    guarded = {
+        name: _guard(handler, max_request_bytes(f"/{registration.service}/{name}"))
+        for name, handler in registration.handlers.items()
+    }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(registration.service, guarded),))
     server.add_registered_method_handlers(registration.service, guarded)

@@ -138,3 +138,10 @@ def setup_logging(config: LogConfig) -> None:
     # `log.level = debug` is for the sidecar's own lines.
     for noisy in ("aiosqlite", "grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(max(root.level, logging.INFO))
+    # gRPC logs a metadata value that is not UTF-8 whole, with a traceback, at ERROR: any caller could flood the log
+    # with bytes of its choice (the rest of a token included). The call itself is refused (AUTH_TOKEN_MALFORMED).
+    logging.getLogger("grpc._cython.cygrpc").addFilter(drop_undecodable_metadata)
+
+
+def drop_undecodable_metadata(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Invalid encoding on")

@@ -365,6 +365,12 @@ class Metrics:
             ("grpc_method",),
             registry=registry,
         )
+        self.overload_refusals = Counter(
+            "duo_routing_overload_refusals_total",
+            "Calls refused with RESOURCE_EXHAUSTED / OVERLOADED: the limit of calls in flight was reached.",
+            ("limit",),
+            registry=registry,
+        )
         build = Gauge(
             "duo_routing_build_info", "Always 1; labels name the sidecar version.", ("version",), registry=registry
         )

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
+from sidecar.admission import AdmissionInterceptor, max_request_bytes
 from sidecar.auth import AuthInterceptor, Secrets
 from sidecar.catalog import Catalog
 from sidecar.catalog_refresh import CatalogRefresher, startup_catalog
@@ -28,8 +29,8 @@ from sidecar.metrics import Metrics, MetricsServer
 from sidecar.pipeline import ChangePipeline
 from sidecar.servicers import AdminServicer, RoutingServicer
 from sidecar.state import ConfigState
-from sidecar.store.base import Store
-from sidecar.store.postgres import PostgresStore
+from sidecar.store.base import Store, deployment_type_mismatch_message
+from sidecar.store.postgres import PostgresStore, redact_dsn
 from sidecar.store.sqlite import SQLiteStore
 from sidecar.tokens import Keyring
 from sidecar.upstream.targets import GatewaySettings
@@ -63,6 +64,10 @@ GRPC_SERVICES = (
     health_pb2.DESCRIPTOR.services_by_name["Health"],
     reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
 )
+
+
+PENDING_CALLS_BACKLOG = 100_000
+REFUSAL_WINDOW_SECONDS = 0.25
 
 
 class StartupError(RuntimeError):
@@ -121,6 +126,7 @@ class Sidecar:
         self.follower: ChangeFollower | None = None
         self.board: WorkerBoard | None = None
         self.completer: Completer | None = None
+        self.admission: AdmissionInterceptor | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._follow_tasks: list[asyncio.Task[None]] = []
@@ -146,6 +152,13 @@ class Sidecar:
 
     async def _start_on_open_store(self, catalog: Catalog) -> int:
         instance = self.config.instance
+        # The first start records the deployment type (a database from before migration 4: its next start); the
+        # settings of another type would be silently ignored, so a sidecar configured for another type refuses.
+        recorded = await self.store.claim_deployment_type(instance.deployment.config_name)
+        if recorded != instance.deployment.config_name:
+            storage = self.config.storage
+            where = redact_dsn(storage.dsn) if storage.backend == "postgres" else storage.path
+            raise StartupError(deployment_type_mismatch_message(where, recorded, instance.deployment.config_name))
         try:
             cipher = Keyring.open(self.config.storage.token_key_path)
         except (OSError, ValueError) as exc:
@@ -192,30 +205,51 @@ class Sidecar:
             open_reflection=self.config.auth.reflection == "open",
             on_failure=self.metrics.auth_failure,
         )
+        server_config = self.config.server
+        self.admission = AdmissionInterceptor(
+            {
+                "routing": server_config.max_concurrent_routing_calls,
+                "complete": server_config.max_concurrent_complete_calls,
+                "admin": server_config.max_concurrent_admin_calls,
+            },
+            on_refused=lambda limit: self.metrics.overload_refusals.labels(limit).inc(),
+        )
         server = grpc.aio.server(
             # grpc.aio runs interceptors in list order, the first outermost. Authentication first: nothing else
             # sees a call that is refused, so refused calls are not in grpc_server_* but in
-            # duo_routing_auth_failures_total (on_failure above). Then metrics and the access log.
+            # duo_routing_auth_failures_total (on_failure above). Then metrics and the access log, then
+            # admission: calls refused for overload or shutdown are counted and logged like any other.
             interceptors=[
                 *([self.auth] if self.auth.secrets.enabled else []),
                 GrpcMetricsInterceptor(self.metrics),
+                self.admission,
             ],
             options=[
                 # No SO_REUSEPORT unless this is one of several workers: a second sidecar on a busy port must
                 # fail, not silently share it.
-                ("grpc.so_reuseport", int(self.config.server.reuse_port)),
-                ("grpc.max_receive_message_length", self.config.server.max_receive_message_bytes),
+                ("grpc.so_reuseport", int(server_config.reuse_port)),
+                ("grpc.max_receive_message_length", server_config.max_receive_message_bytes),
+                # gRPC's own backlog of calls not yet taken by the application sheds them as CANCELLED when it
+                # grows; admission refuses the excess with a proper status instead, so let the backlog grow.
+                ("grpc.server.max_pending_requests", PENDING_CALLS_BACKLOG),
+                ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_BACKLOG),
             ],
         )
+
+        def request_limit(method: str) -> int:
+            return max_request_bytes(method, server_config.max_receive_message_bytes)
+
         add_guarded_servicer(
             server,
             routing_pb2_grpc.add_RoutingServiceServicer_to_server,
             RoutingServicer(state, self.completer, self.metrics, self.config.log.log_prompts),
+            request_limit,
         )
         add_guarded_servicer(
             server,
             admin_pb2_grpc.add_AdminServiceServicer_to_server,
             AdminServicer(AdminCommands(self.pipeline, endpoints), self.refresher, self.store.backend_name),
+            request_limit,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -288,15 +322,25 @@ class Sidecar:
             )
         )
 
-    async def stop(self) -> None:
-        """Health goes NOT_SERVING, new RPCs are refused, in-flight ones get the grace period, then the store closes."""
+    async def stop(self, drain_delay_seconds: float = 0.0) -> None:
+        """Health goes NOT_SERVING; calls are still served for the drain delay, so load balancers and kubelets see
+        it first; then new calls are refused with UNAVAILABLE, in-flight ones get the grace period, and the store
+        closes."""
+        await self.health.enter_graceful_shutdown()
+        if drain_delay_seconds > 0:
+            log.info("health is NOT_SERVING; serving for the drain delay of %.1f s", drain_delay_seconds)
+            await asyncio.sleep(drain_delay_seconds)
+        if self.admission is not None and self.server is not None:
+            # Calls gRPC already accepted reach the application and are refused with UNAVAILABLE, rather than
+            # being cancelled by the server's stop below.
+            self.admission.refuse_new_calls()
+            await asyncio.sleep(REFUSAL_WINDOW_SECONDS)
         if self._probe_task is not None:
             self._probe_task.cancel()
             self._probe_task = None
         for task in self._follow_tasks:
             task.cancel()
         self._follow_tasks = []
-        await self.health.enter_graceful_shutdown()
         if self._refresh_task is not None:
             self._refresh_task.cancel()
             self._refresh_task = None
@@ -318,9 +362,22 @@ async def serve(config: Config) -> None:
     sidecar = Sidecar(config)
     await sidecar.start()
     stop = asyncio.Event()
+    received: list[signal.Signals] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig)
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     await stop.wait()
-    log.info("shutting down: grace period %.1fs", config.server.grace_period_seconds)
-    await sidecar.stop()
+    # SIGTERM comes from an orchestrator that needs the drain delay; SIGINT is a person at a terminal.
+    drain = config.server.drain_delay_seconds if received[0] is signal.SIGTERM else 0.0
+    log.info(
+        "shutting down (%s): drain delay %.1f s, grace period %.1f s",
+        received[0].name,
+        drain,
+        config.server.grace_period_seconds,
+    )
+    await sidecar.stop(drain)

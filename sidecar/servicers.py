@@ -22,6 +22,8 @@ from sidecar.control import (
     FEATURE_SETTINGS,
     INSTANCE_SELECTIONS,
     NAMESPACE_SELECTIONS,
+    SEAT_ASSIGNMENTS,
+    SELF_HOSTED_MODELS,
     AdminCommands,
     SelfHostedModelInput,
 )
@@ -29,7 +31,7 @@ from sidecar.domain import AuditEvent, FeatureProvider, ModelFamily, Platform, S
 from sidecar.errors import DuoError, invalid_argument
 from sidecar.grpc_errors import errors_as_status, translate_errors
 from sidecar.metrics import Metrics, error_outcome, interrupted_outcome
-from sidecar.paging import decode_token, encode_token, page_size, paginate
+from sidecar.paging import INT_KEY, INT_PAIR_KEY, STR_KEY, STR_PAIR_KEY, decode_token, encode_token, page_size, paginate
 from sidecar.snapshot import Snapshot
 from sidecar.state import ConfigState
 from sidecar.upstream.base import TextDelta
@@ -269,12 +271,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListSelfHostedModels(
         self, request: admin_pb2.ListSelfHostedModelsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListSelfHostedModelsResponse:
+        self._control.require_deployment(SELF_HOSTED_MODELS)
         page, token = paginate(
             self._control.list_self_hosted_models(),
             lambda m: (m.name, m.id),
             request.page_size,
             request.page_token,
             "selfHostedModels",
+            STR_PAIR_KEY,
         )
         return admin_pb2.ListSelfHostedModelsResponse(
             self_hosted_models=[_model_to_proto(m) for m in page], next_page_token=token
@@ -334,7 +338,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListFeatureSettingsResponse:
         self._control.require_deployment(FEATURE_SETTINGS)
         features = list(self._control.snapshot.catalog.features.values())
-        page, token = paginate(features, lambda f: f.name, request.page_size, request.page_token, "featureSettings")
+        page, token = paginate(
+            features, lambda f: f.name, request.page_size, request.page_token, "featureSettings", STR_KEY
+        )
         return admin_pb2.ListFeatureSettingsResponse(
             feature_settings=[self._feature_setting(f) for f in page], next_page_token=token
         )
@@ -381,6 +387,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             request.page_size,
             request.page_token,
             "instanceModelSelections",
+            STR_KEY,
         )
         return admin_pb2.ListInstanceModelSelectionsResponse(
             model_selections=[self._selection(f, snapshot.instance_pins, 0) for f in page],
@@ -415,6 +422,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             request.page_size,
             request.page_token,
             f"namespaceModelSelections/{request.namespace_id}",
+            STR_KEY,
         )
         return admin_pb2.ListNamespaceModelSelectionsResponse(
             model_selections=[self._selection(f, pins, request.namespace_id) for f in page],
@@ -433,7 +441,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         else:
             features = list(catalog.features.values())
         page, token = paginate(
-            features, lambda f: f.name, request.page_size, request.page_token, f"selectableModels/{request.feature}"
+            features,
+            lambda f: f.name,
+            request.page_size,
+            request.page_token,
+            f"selectableModels/{request.feature}",
+            STR_KEY,
         )
         return admin_pb2.ListSelectableModelsResponse(
             features=[
@@ -506,16 +519,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListSeatAssignments(
         self, request: admin_pb2.ListSeatAssignmentsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListSeatAssignmentsResponse:
+        self._control.require_deployment(SEAT_ASSIGNMENTS)
         if request.user_id < 0 or request.namespace_id < 0:
             field = "user_id" if request.user_id < 0 else "namespace_id"
             raise invalid_argument(field, f"{field} must be positive, or 0 for any")
         size = page_size(request.page_size)
         scope = f"seatAssignments/{request.user_id}/{request.namespace_id}"
-        after = decode_token(request.page_token, scope)
-        if after is not None and not (
-            isinstance(after, tuple) and len(after) == 2 and all(isinstance(v, int) for v in after)
-        ):
-            raise invalid_argument("page_token", "page_token belongs to a different list")
+        after = decode_token(request.page_token, scope, INT_PAIR_KEY)
         rows = await self._control.state.store.list_seat_assignments(
             request.user_id, request.namespace_id, after, size + 1
         )
@@ -572,15 +582,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListAuditEvents(
         self, request: admin_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListAuditEventsResponse:
-        if len(request.resource_prefix) > MAX_RESOURCE_PREFIX_LENGTH:
+        if len(request.resource_prefix) > MAX_RESOURCE_PREFIX_LENGTH or not request.resource_prefix.isprintable():
             raise invalid_argument(
-                "resource_prefix", f"resource_prefix must be at most {MAX_RESOURCE_PREFIX_LENGTH} characters"
+                "resource_prefix",
+                f"resource_prefix must be printable, at most {MAX_RESOURCE_PREFIX_LENGTH} characters",
             )
         size = page_size(request.page_size)
         scope = f"auditEvents/{request.resource_prefix}"
-        before = decode_token(request.page_token, scope)
-        if before is not None and not isinstance(before, int):
-            raise invalid_argument("page_token", "page_token belongs to a different list")
+        before = decode_token(request.page_token, scope, INT_KEY)
         events = await self._control.state.store.list_audit_events(request.resource_prefix, before, size + 1)
         token = encode_token(events[size - 1].id, scope) if len(events) > size else ""
         return admin_pb2.ListAuditEventsResponse(

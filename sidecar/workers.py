@@ -147,7 +147,12 @@ class Supervisor:
         waits = [asyncio.ensure_future(p.wait()) for p in running]
         if not waits:
             return
-        _, late = await asyncio.wait(waits, timeout=self.config.server.grace_period_seconds + STOP_MARGIN_SECONDS)
+        _, late = await asyncio.wait(
+            waits,
+            timeout=self.config.server.drain_delay_seconds
+            + self.config.server.grace_period_seconds
+            + STOP_MARGIN_SECONDS,
+        )
         for process in running:
             if process.returncode is None:
                 log.error("worker pid %d did not stop in time: killing it", process.pid, extra={"pid": process.pid})

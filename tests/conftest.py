@@ -24,6 +24,9 @@ from sidecar.store.sqlite import SQLiteStore
 from tests.helpers import SidecarProcess, free_port, run_sidecar, write_config
 from tests.postgres import DSN_VARIABLE, UNSET, admin_dsn, fresh_database
 
+# Sidecars started by tests stop at once on SIGTERM; the drain delay has its own test (it passes its own value).
+os.environ.setdefault("DUO_SIDECAR_SERVER_DRAIN_DELAY_SECONDS", "0")
+
 StartSidecar = Callable[..., SidecarProcess]
 
 

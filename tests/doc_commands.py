@@ -12,7 +12,8 @@ A page marks where a fresh sidecar starts with an HTML comment (invisible when r
 
 Every console block after a marker belongs to that marker's session; sessions run in order of the page, each on a
 fresh database. In a block, `$ duo-admin ...` is a command (a trailing backslash continues it on the next line) and
-the lines after it are output the real output must contain, whitespace folded; `...` stands for lines left out. A
+the lines after it are output the real output must contain, whitespace folded; `...` stands for lines left out (with
+`whole_outputs`, as for the README, the output must be shown whole but for the `...`, in order). A
 shown `error:` line first means the command must fail. Generated ids cannot be known in advance: a shown
 `id: <value>` line matches the real id, and later commands and output lines of the session get the real id in
 place of the shown one, so the page can use the id it showed.
@@ -21,6 +22,7 @@ place of the shown one, so the page can use the id it showed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import shlex
@@ -49,7 +51,8 @@ UPSTREAM_ANSWER = "OK"
 @dataclass
 class ShownCommand:
     argv: list[str]
-    expected: list[str] = field(default_factory=list)
+    expected: list[str] = field(default_factory=list)  # the output lines shown, without `...`
+    shown: list[str] = field(default_factory=list)  # the same with each `...` where it stands
 
     @property
     def text(self) -> str:
@@ -96,10 +99,12 @@ def shown_commands(block: str) -> list[ShownCommand]:
                 continue
             pending = ""
             commands.append(ShownCommand(shlex.split(text)))
-        elif line.strip() and line.strip() != ELISION:
+        elif line.strip():
             if not commands:
                 raise ValueError(f"console block shows output before any command: {line!r}")
-            commands[-1].expected.append(line)
+            commands[-1].shown.append(ELISION if line.strip() == ELISION else line)
+            if line.strip() != ELISION:
+                commands[-1].expected.append(line)
     if pending:
         raise ValueError(f"console block ends in a continued command: {pending!r}")
     return commands
@@ -174,8 +179,36 @@ def openai_compatible_upstream(address: str) -> Iterator[MockUpstream]:
         loop.close()
 
 
-def run_session(session: Session, start_sidecar: StartSidecar, workdir: Path, page: str) -> None:
-    """Starts a fresh sidecar and runs the session's commands in order, checking what each prints."""
+def shows_whole_output(shown: list[str], actual: list[str], bindings: dict[str, str]) -> bool:
+    """Whether `shown` is the whole of `actual` (folded lines, blank ones left out), each `...` standing for any run of
+    lines, none included; a shown generated field (`id: ...`) matches any value of that field."""
+
+    def same(line: str, real: str) -> bool:
+        field_shown = _field(line)
+        if field_shown is not None and field_shown[0] in GENERATED_FIELDS:
+            field_real = _field(real)
+            return field_real is not None and field_real[0] == field_shown[0]
+        return _fold(_substitute(line, bindings)) == real
+
+    @functools.cache
+    def match(i: int, j: int) -> bool:
+        if i == len(shown):
+            return j == len(actual)
+        if shown[i] == ELISION:
+            return any(match(i + 1, k) for k in range(j, len(actual) + 1))
+        return j < len(actual) and same(shown[i], actual[j]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+def run_session(
+    session: Session, start_sidecar: StartSidecar, workdir: Path, page: str, *, whole_outputs: bool = False
+) -> None:
+    """Starts a fresh sidecar and runs the session's commands in order, checking what each prints.
+
+    whole_outputs: each command's output must be shown whole, except where `...` marks lines left out (the README);
+    otherwise the lines shown must be among those printed.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     for name in session.files:
         (workdir / name).write_text(DUMMY_SECRET + "\n")
@@ -216,4 +249,10 @@ def run_session(session: Session, start_sidecar: StartSidecar, workdir: Path, pa
                     continue
                 assert _fold(_substitute(line, bindings)) in actual, (
                     f"{where}: the page shows {line!r}, output was:\n{printed}"
+                )
+            if whole_outputs:
+                page_output = "\n".join(command.shown)
+                assert shows_whole_output(command.shown, [line for line in actual if line], bindings), (
+                    f"{where}: the page shows\n{page_output}\nbut the output was\n{printed}\n"
+                    "(mark lines left out with ...)"
                 )

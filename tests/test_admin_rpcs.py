@@ -267,6 +267,13 @@ BAD_MODELS = [
     ("identifier of another platform", {"identifier": "azure/gpt"}, "self_hosted_model.identifier"),
     ("token with a newline", {"api_token": "abc\ndef"}, "self_hosted_model.api_token"),
     ("overlong name", {"name": "n" * 300}, "self_hosted_model.name"),
+    # Text that urllib refuses (ValueError: UNKNOWN before) or reads as a port in another script.
+    ("superscript port", {"endpoint": "http://vllm:\u00b2/v1"}, "self_hosted_model.endpoint"),
+    ("port out of range", {"endpoint": "http://vllm:99999/v1"}, "self_hosted_model.endpoint"),
+    ("arabic-indic port", {"endpoint": "http://vllm:\u0665\u0660/v1"}, "self_hosted_model.endpoint"),
+    ("unclosed IPv6 host", {"endpoint": "http://[::1/v1"}, "self_hosted_model.endpoint"),
+    ("NUL in name", {"name": "a\x00b"}, "self_hosted_model.name"),
+    ("NUL in identifier", {"identifier": "custom_openai/a\x00b"}, "self_hosted_model.identifier"),
 ]
 
 

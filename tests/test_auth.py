@@ -34,8 +34,10 @@ TOKENS: dict[str, Callable[[], str | None]] = {
     "wrong secret": lambda: sign_token("some-other-secret-0123456789"),
     "expired": lambda: sign_token(ADMIN_SECRET, int(time.time()) - 120),
     "future": lambda: sign_token(ADMIN_SECRET, int(time.time()) + 120),
+    "non-hex hmac": lambda: f"Bearer v2.{'g' * 64}.{int(time.time())}",
     "client": lambda: sign_token(CLIENT_SECRET),
     "admin": lambda: sign_token(ADMIN_SECRET),
+    "admin, upper-case hex": lambda: sign_token(ADMIN_SECRET).upper().replace("BEARER V2", "Bearer v2"),
 }
 # (token, expected on RoutingService, expected on AdminService)
 OUTCOMES = [
@@ -45,8 +47,10 @@ OUTCOMES = [
     ("wrong secret", DENIED, DENIED),
     ("expired", DENIED, DENIED),
     ("future", DENIED, DENIED),
+    ("non-hex hmac", UNAUTHENTICATED, UNAUTHENTICATED),
     ("client", OK, DENIED),
     ("admin", OK, OK),
+    ("admin, upper-case hex", OK, OK),  # hex is hex, as in Gitaly
 ]
 REASONS = {
     "none": "AUTH_TOKEN_MISSING",
@@ -55,6 +59,7 @@ REASONS = {
     "wrong secret": "AUTH_TOKEN_INVALID",
     "expired": "AUTH_TOKEN_EXPIRED",
     "future": "AUTH_TOKEN_EXPIRED",
+    "non-hex hmac": "AUTH_TOKEN_MALFORMED",
     "client": "AUTH_WRONG_ROLE",
 }
 AUTH_ENV = {"DUO_SIDECAR_AUTH_CLIENT_SECRET": CLIENT_SECRET, "DUO_SIDECAR_AUTH_ADMIN_SECRET": ADMIN_SECRET}
@@ -214,3 +219,85 @@ async def test_duo_admin_signs_from_a_secret_file(start_server: StartServer, tmp
     assert code == 0
     code, out = await run("server-info", env={"DUO_ADMIN_SECRET": CLIENT_SECRET})
     assert code == 1 and "PERMISSION_DENIED" in out and "AUTH_WRONG_ROLE" in out
+
+
+UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
+# Paths this server does not serve: a method of each service, another service, a look-alike package.
+UNKNOWN_ADMIN_PATHS = [
+    "/gitlab.duo.routing.v1.AdminService/DeleteEverything",
+    "/gitlab.duo.routing.v2.AdminService/GetServerInfo",
+    "/no.such.Service/Method",
+    "/grpc.reflection.v1alpha.ServerReflection/Nope",
+    "/",
+    "/x",
+]
+UNKNOWN_ROUTING_PATH = "/gitlab.duo.routing.v1.RoutingService/ResolveEverything"
+
+
+async def _raw_call(channel: grpc.aio.Channel, path: str, shape: str, token: str | None) -> tuple[Any, str, str]:
+    """Calls `path` as a method of the given shape (an empty message, if it takes one): (code, message, reason).
+
+    The streaming-request shapes send no message: a refused call ends before the server reads one, and a
+    grpc.aio client still writing then may report INTERNAL instead of the server's status (grpc/grpc#36066).
+    """
+    metadata = _metadata(token)
+    try:
+        if shape == "unary":
+            await channel.unary_unary(path)(b"", metadata=metadata, timeout=30)
+        elif shape == "server stream":
+            async for _ in channel.unary_stream(path)(b"", metadata=metadata, timeout=30):
+                pass
+        else:
+            streaming = channel.stream_unary if shape == "client stream" else channel.stream_stream
+            call = streaming(path)(metadata=metadata, timeout=30)
+            if await call.code() != OK:
+                raise grpc.aio.AioRpcError(
+                    await call.code(),
+                    await call.initial_metadata(),
+                    await call.trailing_metadata(),
+                    await call.details(),
+                    await call.debug_error_string(),
+                )
+    except grpc.aio.AioRpcError as error:
+        reason = error_details(error).reason if error.code() in (UNAUTHENTICATED, DENIED) else ""
+        return error.code(), error.details() or "", reason
+    return OK, "", ""
+
+
+SHAPES = ["unary", "server stream", "client stream", "bidi stream"]
+
+
+async def test_unknown_methods_reveal_nothing_without_a_token(start_server: StartServer) -> None:
+    """Probing paths without a valid token gets exactly the refusal a real method gets; only a caller with a
+    secret for that path learns UNIMPLEMENTED. Health stays open."""
+    sidecar = await start_server("dedicated", env=AUTH_ENV)
+    channel = sidecar.channel
+    real = await _raw_call(channel, "/gitlab.duo.routing.v1.AdminService/GetServerInfo", "unary", None)
+    assert real[0] == UNAUTHENTICATED and real[2] == "AUTH_TOKEN_MISSING"
+    for path in [*UNKNOWN_ADMIN_PATHS, UNKNOWN_ROUTING_PATH]:
+        for shape in SHAPES:
+            assert await _raw_call(channel, path, shape, None) == real, (path, shape)
+            garbage = await _raw_call(channel, path, shape, TOKENS["garbage"]())
+            assert garbage[::2] == (UNAUTHENTICATED, "AUTH_TOKEN_MALFORMED"), (path, shape)
+            for name in ("wrong secret", "expired"):
+                assert (await _raw_call(channel, path, shape, TOKENS[name]()))[0] == DENIED, (path, shape, name)
+    for path in UNKNOWN_ADMIN_PATHS:
+        # The client secret may not call admin methods, real or not.
+        client = await _raw_call(channel, path, "unary", TOKENS["client"]())
+        assert client[::2] == (DENIED, "AUTH_WRONG_ROLE"), path
+        assert (await _raw_call(channel, path, "unary", TOKENS["admin"]()))[0] == UNIMPLEMENTED, path
+    for token in ("client", "admin"):
+        assert (await _raw_call(channel, UNKNOWN_ROUTING_PATH, "unary", TOKENS[token]()))[0] == UNIMPLEMENTED
+    # Refusals are counted like any other (by reason, not by path: a caller cannot add label values).
+    assert sidecar.server.auth.failures[("AUTH_TOKEN_MISSING", True)] >= len(UNKNOWN_ADMIN_PATHS) * len(SHAPES)
+    # Health needs no token; its own namespace is public knowledge (grpc.health.v1).
+    health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert (await _raw_call(channel, "/grpc.health.v1.Health/Nope", "unary", None))[0] == UNIMPLEMENTED
+
+
+async def test_unknown_methods_without_enforced_authentication_are_unimplemented(start_server: StartServer) -> None:
+    """In transitioning mode calls with bad tokens go through, so an unknown method is UNIMPLEMENTED for anyone."""
+    sidecar = await start_server("dedicated", env={**AUTH_ENV, "DUO_SIDECAR_AUTH_TRANSITIONING": "true"})
+    for shape in SHAPES:
+        assert (await _raw_call(sidecar.channel, UNKNOWN_ADMIN_PATHS[0], shape, None))[0] == UNIMPLEMENTED

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 
 from duo_admin import cli
 from tests.conftest import StartSidecar
+from tests.doc_commands import openai_compatible_upstream
 from tests.helpers import duo_admin_path, free_port
 
 ACTOR = "tester@ci"
@@ -243,3 +245,97 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         help_text = capsys.readouterr().out
         assert help_text.startswith(" ".join(["usage: duo-admin", *command]))
         assert "--json" in help_text or not runs_something
+
+
+def _create_model(admin: DuoAdmin, name: str, endpoint: str) -> str:
+    model_id: str = admin.json(
+        *("models", "create", "--name", name, "--family", "mistral", "--platform", "openai_compatible"),
+        *("--endpoint", endpoint, "--identifier", "custom_openai/mistral-small"),
+    )["self_hosted_model"]["id"]
+    return model_id
+
+
+def test_test_model_exit_status_says_whether_the_model_passed(start_sidecar: StartSidecar) -> None:
+    admin = DuoAdmin(start_sidecar("self_managed").address)
+    address = f"127.0.0.1:{free_port()}"
+    with openai_compatible_upstream(address):
+        working = _create_model(admin, "Working", f"http://{address}/v1")
+        passed = admin.run("test-model", working, expect=0)
+        assert "success:       true" in passed.stdout.splitlines()
+    broken = _create_model(admin, "Broken", f"http://127.0.0.1:{free_port()}/v1")  # nothing listens there
+    failed = admin.run("test-model", broken, expect=cli.EXIT_TEST_FAILED)
+    assert "success:       false" in failed.stdout.splitlines()
+    assert "error_message:" in failed.stdout
+    assert admin.run("test-model", broken, "--json", expect=cli.EXIT_TEST_FAILED).stdout.startswith("{")
+    admin.run("test-model", "nosuchmodel", expect=cli.EXIT_RPC_ERROR)  # the test could not run at all
+
+
+def test_lists_of_settings_of_another_deployment_type_are_refused(start_sidecar: StartSidecar) -> None:
+    """Like features list: a list that cannot exist there is an error, not an empty list."""
+    for deployment, refused in (
+        ("self_managed", [("seats", "list"), ("namespace-models", "list", "--namespace", "1")]),
+        ("gitlab_com", [("models", "list"), ("features", "list"), ("instance-models", "list")]),
+    ):
+        admin = DuoAdmin(start_sidecar(deployment).address)
+        for command in refused:
+            for output in ((), ("--json",)):
+                result = admin.run(*command, *output, expect=cli.EXIT_RPC_ERROR)
+                assert result.stdout == "", f"{deployment}: {command}"
+                assert result.stderr.startswith("error: FAILED_PRECONDITION: "), f"{deployment}: {command}"
+                assert "reason: WRONG_DEPLOYMENT_TYPE" in result.stderr.splitlines(), f"{deployment}: {command}"
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], *expected: str) -> None:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("duo-admin: error: "), result.stderr
+    for text in expected:
+        assert text in lines[0], result.stderr
+    assert result.stdout == ""
+
+
+def test_local_problems_are_one_line_before_anything_is_sent(tmp_path: Path) -> None:
+    """Files and addresses that cannot be used: exit 2, one line naming the problem, never a traceback."""
+    admin = DuoAdmin(f"127.0.0.1:{free_port()}")  # nothing listens: nothing may be sent anyway
+    missing = str(tmp_path / "missing.secret")
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello\n")
+    empty = tmp_path / "empty.secret"
+    empty.write_text("\n")
+    for args, expected in [
+        (("--secret-file", missing), ("cannot read the secret file", missing, "No such file or directory")),
+        (("--secret-file", str(tmp_path)), ("cannot read the secret file", "Is a directory")),
+        (("--secret-file", str(empty)), (f"the secret file {empty} is empty",)),
+        (("--tls-ca", missing), (f"cannot read --tls-ca {missing}",)),
+        (("--tls-ca", str(not_pem)), (f"--tls-ca {not_pem} is not a PEM file holding a CA certificate",)),
+        (("--tls-cert", str(not_pem)), ("mutual TLS needs both", "--tls-key")),  # gRPC itself would abort
+        (("--tls-cert", missing, "--tls-key", missing), (f"cannot read --tls-key {missing}",)),
+        (("--address", "localhost"), ("'localhost': expected HOST:PORT",)),  # gRPC: port 443
+        (("--address", "127.0.0.1:99999"), ("port from 1 to 65535",)),  # gRPC: wraps around
+    ]:
+        _one_line_error(admin.run(*args, "server-info", expect=2), *expected)
+
+    # The admin guide tells everyone to export DUO_ADMIN_SECRET_FILE.
+    result = subprocess.run(
+        [duo_admin_path(), "server-info"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DUO_ADMIN_SECRET_FILE": missing, "DUO_ADMIN_ADDRESS": admin.address},
+        check=False,
+    )
+    assert result.returncode == 2
+    _one_line_error(result, f"cannot read the secret file {missing} (from $DUO_ADMIN_SECRET_FILE)")
+
+    undecodable = subprocess.run(
+        [duo_admin_path(), "--address", admin.address, "complete", "--user", "1", "--feature", "duo_chat"],
+        capture_output=True,
+        input=b"\xff\xfe not UTF-8",
+        timeout=60,
+        check=False,
+    )
+    assert undecodable.returncode == 2
+    assert undecodable.stderr.decode().splitlines()[-1].endswith("standard input: not UTF-8 text")
+    assert b"Traceback" not in undecodable.stderr
+
+    timeout = admin.run("--timeout", "inf", "server-info", expect=2).stderr
+    assert "at most 86400" in timeout.splitlines()[-1]

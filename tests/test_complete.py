@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
+from aiohttp import web
 
 from gitlab.duo.routing.v1 import admin_pb2, routing_pb2, types_pb2
 from tests.conftest import Sidecar, StartServer
@@ -486,3 +490,246 @@ async def test_refresh_is_refused_when_the_operator_pinned_a_catalog_file(
     details = error_details(await _rpc_error(sidecar.admin.RefreshCatalog(admin_pb2.RefreshCatalogRequest())))
     assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CATALOG_PINNED")
     assert upstream.requests == []
+
+
+# -- upstreams that misbehave in ways MockUpstream does not: each a real HTTP server on 127.0.0.1 --------------
+
+
+@asynccontextmanager
+async def serve_handler(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    """An HTTP server on 127.0.0.1 answering every POST with `handler`; yields its base URL (…/v1 for vLLM)."""
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app, handle_signals=False, handler_cancellation=True, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def model_at(sidecar: Sidecar, endpoint: str, name: str = "slow model") -> admin_pb2.SelfHostedModel:
+    reply = await sidecar.admin.CreateSelfHostedModel(
+        admin_pb2.CreateSelfHostedModelRequest(
+            self_hosted_model=admin_pb2.SelfHostedModel(
+                name=name,
+                family=types_pb2.MODEL_FAMILY_MISTRAL,
+                platform=types_pb2.PLATFORM_OPENAI_COMPATIBLE,
+                endpoint=endpoint,
+                identifier="custom_openai/mistral-7b-instruct",
+                api_token=TOKEN,
+            )
+        )
+    )
+    model: admin_pb2.SelfHostedModel = reply.self_hosted_model
+    await sidecar.admin.UpdateFeatureSetting(
+        admin_pb2.UpdateFeatureSettingRequest(
+            feature="duo_chat", provider=admin_pb2.FEATURE_PROVIDER_SELF_HOSTED, self_hosted_model_id=model.id
+        )
+    )
+    return model
+
+
+# Small bounds so that "twice the bound" and "the bound" are easy to tell apart; one retry, as by default.
+BOUNDS = {
+    "DUO_SIDECAR_UPSTREAM_CONNECT_TIMEOUT_SECONDS": "0.5",
+    "DUO_SIDECAR_UPSTREAM_FIRST_TOKEN_TIMEOUT_SECONDS": "1",
+    "DUO_SIDECAR_UPSTREAM_IDLE_TIMEOUT_SECONDS": "1",
+    "DUO_SIDECAR_UPSTREAM_RETRIES": "1",
+}
+FIRST_TOKEN_BOUND = 1.0
+SLACK = 0.4  # scheduling on a busy 2-core machine; twice the bound would be 1 s or more late
+
+
+async def timed_failure(sidecar: Sidecar) -> tuple[ErrorDetails, float]:
+    started = time.monotonic()
+    details, _ = await failure(sidecar.routing.Complete(complete_request()))
+    return details, time.monotonic() - started
+
+
+@pytest.mark.parametrize("answer", ["never", "headers-only"])
+async def test_an_upstream_that_never_answers_fails_at_the_first_token_bound(
+    start_server: StartServer, answer: str
+) -> None:
+    """The configured bound is what the caller waits: a timeout is not retried (retries are for connection
+    errors and 5xx), and connecting, waiting for headers and for the first token share one deadline."""
+    requests = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal requests
+        requests += 1
+        if answer == "headers-only":
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+        await asyncio.sleep(3600)  # the connection stays open; nothing (more) comes
+        raise AssertionError("unreachable")
+
+    async with serve_handler(handler) as url:
+        sidecar = await start_server("self_managed", env=BOUNDS)
+        await model_at(sidecar, f"{url}/v1")
+        details, elapsed = await timed_failure(sidecar)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_TIMEOUT")
+    assert FIRST_TOKEN_BOUND - 0.05 <= elapsed < FIRST_TOKEN_BOUND + SLACK, elapsed
+    assert requests == 1  # never retried
+    assert "1 s" in details.message  # the message names the bound that ran out
+
+
+async def test_a_retry_after_a_5xx_stays_within_the_first_token_bound(start_server: StartServer) -> None:
+    """A 503 is retried, and the retry gets what is left of the bound, not a fresh one."""
+    requests = 0
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal requests
+        requests += 1
+        if requests == 1:
+            await asyncio.sleep(0.3)
+            return web.Response(status=503, text="overloaded")
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async with serve_handler(handler) as url:
+        sidecar = await start_server("self_managed", env=BOUNDS)
+        await model_at(sidecar, f"{url}/v1")
+        details, elapsed = await timed_failure(sidecar)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_TIMEOUT")
+    assert requests == 2
+    assert FIRST_TOKEN_BOUND - 0.05 <= elapsed < FIRST_TOKEN_BOUND + SLACK, elapsed
+
+
+async def test_connection_retries_stay_within_the_first_token_bound(start_server: StartServer) -> None:
+    """A host that never completes the TCP handshake (its accept queue is full, so the SYNs are dropped): each
+    attempt gives up after connect_timeout_seconds and is retried, but all of them share first_token_timeout."""
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        port = full.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):  # fills the queue: later SYNs get no answer
+            env = {**BOUNDS, "DUO_SIDECAR_UPSTREAM_CONNECT_TIMEOUT_SECONDS": "0.3", "DUO_SIDECAR_UPSTREAM_RETRIES": "5"}
+            sidecar = await start_server("self_managed", env=env)
+            await model_at(sidecar, f"http://127.0.0.1:{port}/v1")
+            details, elapsed = await timed_failure(sidecar)
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_TIMEOUT")
+    # Six attempts of 0.3 s plus their backoff would be 3.3 s.
+    assert 0.5 <= elapsed < FIRST_TOKEN_BOUND + SLACK, elapsed
+
+
+async def test_test_self_hosted_model_waits_no_longer_than_the_bound(start_server: StartServer) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async with serve_handler(handler) as url:
+        sidecar = await start_server("self_managed", env=BOUNDS)
+        model = await model_at(sidecar, f"{url}/v1")
+        started = time.monotonic()
+        tested = await sidecar.admin.TestSelfHostedModel(admin_pb2.TestSelfHostedModelRequest(id=model.id))
+        elapsed = time.monotonic() - started
+    assert not tested.success and "1 s" in tested.error_message
+    assert elapsed < FIRST_TOKEN_BOUND + SLACK, elapsed
+
+
+# -- secrets in upstream text --------------------------------------------------------------------------------
+
+
+def token_fragments(text: str, secret: str = TOKEN, length: int = 8) -> list[str]:
+    """Every piece of `secret` at least `length` characters long that appears in `text`."""
+    return [secret[i : i + length] for i in range(len(secret) - length + 1) if secret[i : i + length] in text]
+
+
+PREFIX = '{"error": {"message": "'
+# The token straddles character 300 of the upstream's answer, where the excerpt is cut.
+SPANNING_THE_CUT = PREFIX + "x" * (285 - len(PREFIX)) + TOKEN + ' is not a valid key"}}'
+
+
+def sse(*lines: str) -> bytes:
+    return "".join(f"{line}\n\n" for line in lines).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        (401, SPANNING_THE_CUT, "UPSTREAM_CREDENTIALS_REJECTED"),
+        (500, f"upstream config: key ending {TOKEN[5:]} rejected by the proxy", "UPSTREAM_ERROR"),
+        (401, f"the key {TOKEN[:6]}...{TOKEN[-10:]} expired", "UPSTREAM_CREDENTIALS_REJECTED"),
+        (200, sse('data: {"error": {"message": "' + "y" * 280 + TOKEN + '"}}'), "UPSTREAM_ERROR"),
+        (200, sse("Authorization: Bearer " + "z" * 40 + TOKEN), "UPSTREAM_PROTOCOL_ERROR"),
+        (200, sse("data: {not json " + "w" * 55 + TOKEN), "UPSTREAM_PROTOCOL_ERROR"),
+    ],
+    ids=["token-across-the-cut", "token-tail", "token-pieces", "mid-stream-error", "echoed-header", "bad-json"],
+)
+async def test_no_part_of_the_api_token_reaches_the_caller(
+    start_server: StartServer, status: int, body: str | bytes, reason: str
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if status != 200:
+            return web.Response(status=status, text=str(body), content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(body if isinstance(body, bytes) else body.encode())
+        await response.write_eof()
+        return response
+
+    async with serve_handler(handler) as url:
+        sidecar = await start_server("self_managed", env=FAST)
+        model = await model_at(sidecar, f"{url}/v1")
+        details, _ = await failure(sidecar.routing.Complete(complete_request()))
+        tested = await sidecar.admin.TestSelfHostedModel(admin_pb2.TestSelfHostedModelRequest(id=model.id))
+    assert details.reason == reason
+    assert "[redacted]" in details.message
+    assert token_fragments(details.message) == []
+    assert token_fragments(str(details.metadata)) == []
+    assert not tested.success and "[redacted]" in tested.error_message
+    assert token_fragments(tested.error_message) == []
+
+
+async def test_redact_hides_secrets_and_their_long_pieces_before_cutting() -> None:
+    from sidecar.upstream.base import redact
+
+    assert redact(f"key {TOKEN} refused", [TOKEN]) == "key [redacted] refused"
+    # Cut after redacting: the token across the cut leaves no piece behind.
+    assert redact("x" * 10 + TOKEN, [TOKEN], 15) == "x" * 10 + "[reda"
+    # Pieces of 8 characters or more go, wherever they are; shorter ones say nothing about the key.
+    assert redact(f"a{TOKEN[3:11]}b {TOKEN[-7:]} {TOKEN[:5]}", [TOKEN]) == f"a[redacted]b {TOKEN[-7:]} {TOKEN[:5]}"
+    # Two secrets, overlapping matches, and a short secret redacted where it appears whole.
+    assert redact(f"{TOKEN}{TOKEN[4:]}|pw=abc|", [TOKEN, "abc", ""]) == "[redacted]|pw=[redacted]|"
+    assert redact("nothing secret here", []) == "nothing secret here"
+
+
+# -- endpoints refused at connection time ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1"])
+async def test_an_endpoint_refused_at_connection_time_says_endpoint_not_allowed(
+    start_server: StartServer, upstream: MockUpstream, tmp_path: Path, host: str
+) -> None:
+    """The model was registered while its address was allowed; now it is not (the name resolves elsewhere, or the
+    operator narrowed upstream.allowed_cidrs). Nothing is sent, and the caller reads why."""
+    data = tmp_path / "data"
+    before = await start_server(
+        "self_managed", data_dir=data, env={"DUO_SIDECAR_UPSTREAM_ALLOWED_CIDRS": "127.0.0.0/8, ::1/128"}
+    )
+    model = await model_at(before, f"http://{host}:{upstream.port}/v1", name="vllm")
+    await before.server.stop()
+    sidecar = await start_server(
+        "self_managed", data_dir=data, env={"DUO_SIDECAR_UPSTREAM_ALLOWED_CIDRS": "10.0.0.0/8"}
+    )
+
+    details, events = await failure(sidecar.routing.Complete(complete_request()))
+    assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ENDPOINT_NOT_ALLOWED")
+    assert len(events) == 1 and events[0].HasField("route")
+    assert "127.0.0.1 is outside the allowed networks (10.0.0.0/8)" in details.message, details.message
+    assert "self-hosted model 'vllm'" in details.message and "Cannot connect" not in details.message
+    assert details.metadata["upstream"] == "self-hosted model 'vllm'"
+
+    tested = await sidecar.admin.TestSelfHostedModel(admin_pb2.TestSelfHostedModelRequest(id=model.id))
+    assert not tested.success and tested.http_status == 0
+    assert tested.error_message.startswith("ENDPOINT_NOT_ALLOWED: "), tested.error_message
+    assert "127.0.0.1 is outside the allowed networks (10.0.0.0/8)" in tested.error_message
+    assert upstream.requests == []  # nothing was sent
+
+    # A refusal is the configuration's doing, not the endpoint's failure: the circuit stays closed.
+    for _ in range(sidecar.config.upstream.circuit_failure_threshold):
+        details, _ = await failure(sidecar.routing.Complete(complete_request()))
+        assert details.reason == "ENDPOINT_NOT_ALLOWED"

@@ -91,3 +91,61 @@ def test_postgres_needs_a_uri_and_a_shared_token_key_file(tmp_path: Path) -> Non
             load_config(path, {})
         assert message in str(raised.value)
         assert "s3cret" not in str(raised.value)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    """One ConfigError names every problem, one per line, each with its file (or variable) and key."""
+    not_pem = tmp_path / "cert.pem"
+    not_pem.write_text("not a certificate\n")
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f"""
+[server]
+listen = "nowhere"
+grace_period_seconds = "soon"
+tls_cert_file = "{not_pem}"
+tls_key_file = "{tmp_path / "absent.key"}"
+[instance]
+deployment_type = "saas"
+[storage]
+backend = "mysql"
+paht = "x.db"
+[log]
+level = "loud"
+[metricz]
+"""
+    )
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {"DUO_SIDECAR_UPSTREAM_RETRIES": "9", "DUO_SIDECAR_AUTH_REFLECTION": "closed"})
+    expected = [
+        f"{path}: [server] grace_period_seconds: expected float, got 'soon'",
+        f"{path}: [storage] paht: unknown key",
+        f"{path}: unknown section [metricz]",
+        f"{path}: [server] listen: expected HOST:PORT",
+        f"{path}: [instance] deployment_type: must be one of gitlab_com, dedicated, self_managed, got 'saas'",
+        "environment DUO_SIDECAR_UPSTREAM_RETRIES: must be between 0 and 5",
+        f"{path}: [storage] backend: must be sqlite or postgres, got 'mysql'",
+        f"{path}: [log] level: must be one of",
+        "environment DUO_SIDECAR_AUTH_REFLECTION: must be admin or open",
+        f"{path}: [server] tls_cert_file: {not_pem} is not a PEM file holding a certificate",
+        f"{path}: [server] tls_key_file: file {tmp_path / 'absent.key'} does not exist",
+    ]
+    lines = str(raised.value).splitlines()
+    assert list(raised.value.problems) == lines
+    assert len(lines) == len(expected), str(raised.value)
+    for text in expected:
+        assert sum(line.startswith(text) for line in lines) == 1, f"{text!r} not in:\n{raised.value}"
+
+
+def test_unreadable_files_are_problems_not_crashes(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"\xff\xfe[server]\n")
+    with pytest.raises(ConfigError, match="cannot read: not UTF-8 text"):
+        load_config(path, {})
+    secret = tmp_path / "admin.secret"
+    secret.write_bytes(b"\xff" * 40)
+    with pytest.raises(ConfigError) as raised:
+        load_config(None, {"DUO_SIDECAR_AUTH_ADMIN_SECRET_FILE": str(secret)})
+    assert str(raised.value) == (
+        f"environment DUO_SIDECAR_AUTH_ADMIN_SECRET_FILE: cannot read {secret}: not UTF-8 text"
+    )

@@ -250,6 +250,75 @@ async def test_promtool_accepts_the_alerting_rules() -> None:
     assert "SUCCESS" in checked.stdout
 
 
+ALERT_TESTS = REPO / "tests" / "alerts.rules.test.yml"
+
+
+def alert_names() -> list[str]:
+    return re.findall(r"^\s*- alert: (\w+)\s*$", (REPO / "docs" / "alerts.rules.yml").read_text(), flags=re.MULTILINE)
+
+
+def alerts_tested_firing(text: str) -> set[str]:
+    """Alerts that some promtool test expects to fire: an `alertname:` whose `exp_alerts` is not empty."""
+    fired: set[str] = set()
+    name = ""
+    for line in text.splitlines():
+        stripped = line.split("#", 1)[0].strip()
+        if stripped.startswith("alertname:"):
+            name = stripped.split(":", 1)[1].strip()
+        elif stripped.startswith("exp_alerts:") and name:
+            if stripped.split(":", 1)[1].strip() != "[]":
+                fired.add(name)
+            name = ""
+    return fired
+
+
+async def test_every_alert_fires_in_a_promtool_unit_test() -> None:
+    """tests/alerts.rules.test.yml: each alert fires with its labels and rendered annotations, and the cases that
+    must not fire (caller-side codes for DuoRoutingCompleteErrors, a single 401) do not."""
+    alerts = alert_names()
+    assert len(alerts) == len(set(alerts)) >= 12
+    missing = set(alerts) - alerts_tested_firing(ALERT_TESTS.read_text())
+    assert not missing, f"alerts without a promtool test that makes them fire: {sorted(missing)}"
+    tested = await asyncio.to_thread(
+        subprocess.run, [promtool(), "test", "rules", str(ALERT_TESTS)], capture_output=True, text=True
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+    assert "SUCCESS" in tested.stdout
+
+
+async def test_upstream_refusals_alert_on_the_outcomes_complete_records(
+    start_server: StartServer, upstream: MockUpstream
+) -> None:
+    """A token that expired (401) or a 429 storm fails Complete with caller-side codes (FailedPrecondition,
+    ResourceExhausted) that DuoRoutingCompleteErrors leaves out: their own alerts match the outcome values a real
+    Complete records, and every outcome the rules name is one the sidecar can record."""
+    from tests.test_docs import code_error_reasons
+
+    rules = (REPO / "docs" / "alerts.rules.yml").read_text()
+    named: set[str] = set()
+    for values in re.findall(r'outcome=~?"([^"]+)"', rules):
+        named.update(values.split("|"))
+    recordable = {reason.lower() for _, reason in code_error_reasons()} | {"ok", "cancelled", "deadline_exceeded"}
+    assert named and named <= recordable, sorted(named - recordable)
+    assert {"DuoRoutingUpstreamCredentialsRejected", "DuoRoutingUpstreamRateLimited"} <= set(alert_names())
+
+    sidecar = await start_server("self_managed", env=FAST)
+    await self_hosted(sidecar, upstream)
+    upstream.behavior = "status"
+    for status in (401, 429):
+        upstream.status = status
+        with pytest.raises(grpc.aio.AioRpcError):
+            await collect(sidecar.routing.Complete(complete_request()))
+    after = await scrape(sidecar)
+    labels = {"provider": "self_hosted", "model": "custom_openai/mistral-7b-instruct"}
+    for outcome in ("upstream_credentials_rejected", "upstream_rate_limited"):
+        assert outcome in named
+        assert value(after, "duo_routing_upstream_requests_total", outcome=outcome, **labels) == 1
+    complete = rpc("Complete", kind="server_stream")
+    assert value(after, "grpc_server_handled_total", grpc_code="FailedPrecondition", **complete) == 1
+    assert value(after, "grpc_server_handled_total", grpc_code="ResourceExhausted", **complete) == 1
+
+
 async def test_every_metric_is_documented_and_the_rules_use_real_ones(start_server: StartServer) -> None:
     sidecar = await start_server("dedicated")
     _, text = await scrape_text(sidecar)

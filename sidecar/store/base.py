@@ -20,6 +20,7 @@ from sidecar.domain import (
     Change,
     ChangeKind,
     ChangeRecord,
+    DeploymentType,
     FeatureSetting,
     SeatChange,
     SelfHostedModel,
@@ -81,6 +82,28 @@ def schema_too_new_message(where: str, found: int, known: int) -> str:
     return (
         f"{where}: database schema version {found} is newer than this sidecar supports ({known}); "
         "run the newer sidecar or restore a backup"
+    )
+
+
+# The same statements on both backends; {} is the backend's parameter placeholder (? or $1).
+RECORDED_DEPLOYMENT_TYPE_SQL = "SELECT deployment_type FROM instance_settings WHERE id = 1"
+RECORD_DEPLOYMENT_TYPE_SQL = (
+    "INSERT INTO instance_settings (id, deployment_type) VALUES (1, {}) ON CONFLICT (id) DO NOTHING"
+)
+
+
+def deployment_type_mismatch_message(where: str, recorded: str, configured: str) -> str:
+    """Why a sidecar configured for one deployment type refuses a database recorded for another, and what to do."""
+
+    def named(config_name: str) -> str:
+        title = next((d.title for d in DeploymentType if d.config_name == config_name), config_name)
+        return f"{title} ({config_name})"
+
+    return (
+        f"{where}: this database serves {named(recorded)}, but instance.deployment_type is {configured}: the "
+        f"settings of one deployment type do not apply to another, so this sidecar refuses to start. Either set "
+        f"instance.deployment_type back to {recorded}, or start {named(configured)} on a fresh database (a new "
+        "storage.path or data directory, or an empty PostgreSQL database)"
     )
 
 
@@ -245,3 +268,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def head(self) -> StoreHead:
         """The committed config version and the schema version (one cheap query)."""
+
+    @abc.abstractmethod
+    async def deployment_type(self) -> str | None:
+        """The deployment type recorded for this database (a config name such as "gitlab_com"), None before the
+        first sidecar started on it."""
+
+    @abc.abstractmethod
+    async def claim_deployment_type(self, deployment_type: str) -> str:
+        """Records `deployment_type` unless a type is recorded already; returns the recorded one. Atomic: of
+        sidecars starting together on a new database, one records its type and the others get it back."""

@@ -108,4 +108,17 @@ MIGRATIONS += (
     Migration(3, "typed change records", sqlite=_CHANGE_RECORDS, postgres=_CHANGE_RECORDS),
 )
 
+_INSTANCE_SETTINGS = """
+CREATE TABLE instance_settings (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    deployment_type TEXT NOT NULL
+);
+"""
+MIGRATIONS += (
+    # The deployment type the database serves (instance.deployment_type), recorded by the first sidecar that starts
+    # on it: each type has settings of its own, so a sidecar configured for another type refuses to start. Empty
+    # until then (databases created before this migration too).
+    Migration(4, "instance settings: deployment type", sqlite=_INSTANCE_SETTINGS, postgres=_INSTANCE_SETTINGS),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version

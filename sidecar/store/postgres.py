@@ -34,6 +34,8 @@ from sidecar.domain import (
     SelfHostedModel,
 )
 from sidecar.store.base import (
+    RECORD_DEPLOYMENT_TYPE_SQL,
+    RECORDED_DEPLOYMENT_TYPE_SQL,
     KeepToken,
     SchemaTooNewError,
     Store,
@@ -562,6 +564,17 @@ class PostgresStore(Store):
                 "FROM config_version WHERE id = 1"
             )
         return StoreHead(int(row[0]), int(row[1])) if row else StoreHead(0, 0)
+
+    async def deployment_type(self) -> str | None:
+        async with self._acquire() as db:
+            value = await db.fetchval(RECORDED_DEPLOYMENT_TYPE_SQL)
+        return None if value is None else str(value)
+
+    async def claim_deployment_type(self, deployment_type: str) -> str:
+        async with self._acquire() as db:
+            # One statement, atomic: of sidecars starting together, one inserts and the others keep its row.
+            await db.execute(RECORD_DEPLOYMENT_TYPE_SQL.format("$1"), deployment_type)
+            return str(await db.fetchval(RECORDED_DEPLOYMENT_TYPE_SQL))
 
     async def probe(self) -> None:
         """A round trip through the pool: raises when the database is unreachable or the store is closed, within

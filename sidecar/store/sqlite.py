@@ -25,6 +25,8 @@ from sidecar.domain import (
     SelfHostedModel,
 )
 from sidecar.store.base import (
+    RECORD_DEPLOYMENT_TYPE_SQL,
+    RECORDED_DEPLOYMENT_TYPE_SQL,
     KeepToken,
     Store,
     StoredState,
@@ -421,6 +423,23 @@ class SQLiteStore(Store):
         ) as cursor:
             row = await cursor.fetchone()
         return StoreHead(int(row[0]), int(row[1])) if row else StoreHead(0, 0)
+
+    async def deployment_type(self) -> str | None:
+        async with self._read_db().execute(RECORDED_DEPLOYMENT_TYPE_SQL) as cursor:
+            row = await cursor.fetchone()
+        return str(row[0]) if row else None
+
+    async def claim_deployment_type(self, deployment_type: str) -> str:
+        if self._writer is None:
+            raise RuntimeError("store is not open")
+        async with self._write_lock:
+            # Autocommit: the INSERT is atomic by itself, and a type another process recorded first is kept.
+            await self._writer.execute(RECORD_DEPLOYMENT_TYPE_SQL.format("?"), (deployment_type,))
+            async with self._writer.execute(RECORDED_DEPLOYMENT_TYPE_SQL) as cursor:
+                row = await cursor.fetchone()
+        if row is None:
+            raise RuntimeError(f"{self.path}: the deployment type was not recorded")
+        return str(row[0])
 
     async def probe(self) -> None:
         """A read through the open connection, and the file must still be the one opened: a removed or

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,53 @@ class UpstreamRequest:
     protocol: str  # "openai_sse" or "raw_text"
     secret: str = field(default="", repr=False)  # scrubbed from any upstream text we repeat
 
+    def redact(self, text: str, limit: int) -> str:
+        """Upstream text fit to repeat in an error: no part of this request's secret, at most `limit` characters."""
+        return redact(text, (self.secret,), limit)
+
+
+REDACTED = "[redacted]"
+# Any piece of a secret at least this long is redacted wherever it appears: an upstream that echoes part of a key
+# (a log excerpt, "key ending in ...", a line cut short) must not hand that part to a caller.
+SECRET_FRAGMENT_CHARACTERS = 8
+
+
+def redact(text: str, secrets: Iterable[str], limit: int | None = None) -> str:
+    """`text` with every secret, and every piece of one SECRET_FRAGMENT_CHARACTERS or more long, replaced by
+    [redacted]; then cut to `limit` characters. Redacting before cutting: a cut never leaves part of a secret.
+
+    The one helper for any upstream text (answers, stream lines, exception text) that goes into an error, a test
+    result or a log line. A secret shorter than the fragment length is redacted where it appears whole.
+    """
+    secrets = [secret for secret in secrets if secret]
+    if limit is not None:
+        # What lies this far past the cut is cut anyway, and a secret that starts before the cut ends before
+        # here: redacting the rest would only cost time (an upstream line can be long).
+        text = text[: limit + max((len(secret) for secret in secrets), default=0)]
+    hidden = bytearray(len(text))  # 1 under every character that belongs to a secret (or a piece of one)
+    for secret in secrets:
+        size = min(SECRET_FRAGMENT_CHARACTERS, len(secret))
+        pieces = {secret[i : i + size] for i in range(len(secret) - size + 1)}
+        for start in range(len(text) - size + 1):
+            if text[start : start + size] in pieces:
+                hidden[start : start + size] = b"\x01" * size
+    if any(hidden):
+        parts: list[str] = []
+        position = 0
+        while position < len(text):
+            end = position
+            if hidden[position]:
+                while end < len(text) and hidden[end]:
+                    end += 1
+                parts.append(REDACTED)
+            else:
+                while end < len(text) and not hidden[end]:
+                    end += 1
+                parts.append(text[position:end])
+            position = end
+        text = "".join(parts)
+    return text if limit is None else text[:limit]
+
 
 def estimate_tokens(text: str) -> int:
     """Rough token count (4 characters a token) for upstreams that report no usage."""
@@ -69,8 +116,7 @@ def upstream_error(
 
 
 def _excerpt(text: str, request: UpstreamRequest) -> str:
-    text = " ".join(text.split())[:300]
-    return text.replace(request.secret, "[redacted]") if request.secret else text
+    return request.redact(" ".join(text.split()), 300)
 
 
 def error_for_status(request: UpstreamRequest, status: int, body: str) -> DuoError:
@@ -154,7 +200,7 @@ class _OpenAIStream:
         if not line or line.startswith(":") or line.startswith(("event:", "id:", "retry:")):
             return ""
         if not line.startswith("data:"):
-            raise malformed(request, f"unexpected line {line[:80]!r}")
+            raise malformed(request, f"unexpected line {request.redact(line, 80)!r}")
         data = line[5:].strip()
         if data == "[DONE]":
             self.done = True
@@ -162,7 +208,7 @@ class _OpenAIStream:
         try:
             chunk = json.loads(data)
         except json.JSONDecodeError:
-            raise malformed(request, f"invalid JSON {data[:80]!r}") from None
+            raise malformed(request, f"invalid JSON {request.redact(data, 80)!r}") from None
         if not isinstance(chunk, dict):
             raise malformed(request, "a chunk is not a JSON object")
         if "error" in chunk:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,6 +24,7 @@ from duo_admin.client import (
     SECRET_ENV,
     SECRET_FILE_ENV,
     AdminClient,
+    ClientSetupError,
     DuoAdminError,
     RoutingClient,
     load_secret,
@@ -45,7 +47,12 @@ from gitlab.duo.routing.v1 import admin_pb2, types_pb2
 
 ADDRESS_ENV = "DUO_ADMIN_ADDRESS"
 EXIT_RPC_ERROR = 1
+EXIT_USAGE = 2  # also argparse's
+EXIT_TEST_FAILED = 3  # test-model: the sidecar ran the test and the model failed it
 EXIT_BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
+MAX_TIMEOUT_SECONDS = 86_400.0
+# gRPC target forms other than HOST:PORT that --address passes through as they are.
+GRPC_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:")
 # Lists are read whole; the largest page the server allows keeps round trips few.
 LIST_PAGE_SIZE = 1000
 DEFAULT_AUDIT_LIMIT = 50
@@ -67,7 +74,10 @@ output:
 
 exit status:
   0 success; 1 the sidecar refused the request or could not be reached (stderr shows
-  "error: CODE: message" and one line per detail); 2 invalid command line.
+  "error: CODE: message" and one line per detail); 2 invalid command line, or a file
+  or address given that cannot be used (stderr shows "duo-admin: error: ..."), nothing
+  was sent; 3 test-model: the model failed the test (the output shows success: false
+  and the endpoint's error).
 
 environment:
   DUO_ADMIN_ADDRESS      default for --address
@@ -81,6 +91,21 @@ T = TypeVar("T")
 
 class UsageError(Exception):
     """Invalid input found after parsing (a file that cannot be read, nothing to update)."""
+
+
+def check_address(address: str) -> None:
+    """HOST:PORT (a port from 1 to 65535), or a gRPC target such as unix:/run/duo.sock; ClientSetupError otherwise.
+
+    gRPC itself would take "localhost" as port 443 and wrap a port over 65535 around.
+    """
+    if address.startswith(GRPC_TARGET_SCHEMES):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ClientSetupError(
+            f"--address (or ${ADDRESS_ENV}) {address!r}: expected HOST:PORT with a port from 1 to 65535, "
+            f"such as {DEFAULT_ADDRESS}"
+        )
 
 
 @dataclass
@@ -99,6 +124,7 @@ class Record:
     message: Message
     heading: str = ""
     table: Table[Any] | None = None
+    exit_status: int = 0  # non-zero: the call succeeded but reports a failure (test-model)
 
 
 Output = Record | Table[Any]
@@ -126,6 +152,8 @@ class Clients:
     """Connects on first use, so that commands failing on input never open a channel."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        """Raises ClientSetupError for an address, secret or TLS file that cannot be used."""
+        check_address(args.address)
         self._address: str = args.address
         self._timeout: float = args.timeout or DEFAULT_TIMEOUT_SECONDS
         self._actor: str | None = args.actor
@@ -180,8 +208,10 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    if not (0 < value <= MAX_TIMEOUT_SECONDS and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds, at most {MAX_TIMEOUT_SECONDS:g}, got {text!r}"
+        )
     return value
 
 
@@ -214,9 +244,12 @@ def _seat(text: str) -> tuple[int, int]:
 def _read_text(path: str, what: str) -> str:
     """The contents of a file named on the command line; "-" reads standard input."""
     try:
-        return sys.stdin.read() if path == "-" else Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read {what} {path}: {error}") from None
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        text.encode()  # standard input decodes undecodable bytes to surrogates, which cannot be sent
+    except (OSError, UnicodeError) as error:
+        reason = "not UTF-8 text" if isinstance(error, UnicodeError) else (error.strerror or str(error))
+        raise UsageError(f"cannot read {what} {'standard input' if path == '-' else path}: {reason}") from None
+    return text
 
 
 def _read_api_token(path: str) -> str:
@@ -274,7 +307,7 @@ def _resolve(clients: Clients, args: argparse.Namespace) -> Output:
 
 def _complete(clients: Clients, args: argparse.Namespace) -> None:
     """Streams the answer to stdout as it arrives; the route and usage go to stderr (or JSON lines with --json)."""
-    prompt = args.message if args.message is not None else sys.stdin.read()
+    prompt = args.message if args.message is not None else _read_text("-", "the message from")
     messages = ([("system", args.system)] if args.system else []) + [("user", prompt)]
     events = clients.routing.complete(
         args.user,
@@ -308,7 +341,8 @@ def _complete(clients: Clients, args: argparse.Namespace) -> None:
 
 
 def _test_model(clients: Clients, args: argparse.Namespace) -> Output:
-    return Record(clients.admin.test_self_hosted_model(args.id))
+    result = clients.admin.test_self_hosted_model(args.id)
+    return Record(result, exit_status=0 if result.success else EXIT_TEST_FAILED)
 
 
 def _refresh_catalog(clients: Clients, args: argparse.Namespace) -> Output:
@@ -741,17 +775,30 @@ def _version() -> str:
         return "unknown"
 
 
+def _local_error(message: str) -> int:
+    """A problem on this side, found before anything was sent: one line, exit status 2."""
+    print(f"duo-admin: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    clients = Clients(args)
+    try:
+        clients = Clients(args)
+    except ClientSetupError as error:
+        return _local_error(str(error))
+    exit_status = 0
     try:
         output = args.handler(clients, args)
         if output is not None:
             render(output, args.json, sys.stdout)
+            exit_status = output.exit_status if isinstance(output, Record) else 0
         sys.stdout.flush()
     except UsageError as error:
         args.command_parser.error(str(error))  # prints usage, exits with status 2 like argparse
+    except UnicodeError as error:  # text from the command line that is not UTF-8 cannot be sent
+        return _local_error(f"the input is not valid UTF-8 text ({error})")
     except DuoAdminError as error:
         print_error(error, sys.stderr)
         if error.code == "UNAVAILABLE" and not error.reason:  # gRPC's own failure: nothing answered
@@ -767,4 +814,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         clients.close()
-    return 0
+    return exit_status

@@ -35,25 +35,67 @@ SECRET_FILE_ENV = "DUO_ADMIN_SECRET_FILE"
 SECRET_ENV = "DUO_ADMIN_SECRET"
 
 
+class ClientSetupError(ValueError):
+    """A secret or TLS file that cannot be used, found before any call; the message names the file and why."""
+
+
+def _read_file(path: str, what: str) -> bytes:
+    """The file's bytes; `what` names it in the error, such as "the secret file /etc/x"."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as error:
+        raise ClientSetupError(f"cannot read {what}: {error.strerror or error}") from None
+
+
 def load_secret(secret_file: str | None) -> str | None:
-    """The signing secret: from the file given, else $DUO_ADMIN_SECRET_FILE, else $DUO_ADMIN_SECRET."""
+    """The signing secret: from the file given, else $DUO_ADMIN_SECRET_FILE, else $DUO_ADMIN_SECRET.
+
+    Raises ClientSetupError when the file cannot be read or holds no secret.
+    """
     path = secret_file or os.environ.get(SECRET_FILE_ENV)
     if path:
-        return open(path).read().strip()
+        what = f"the secret file {path}" + ("" if secret_file else f" (from ${SECRET_FILE_ENV})")
+        try:
+            secret = _read_file(path, what).decode().strip()
+        except UnicodeDecodeError:
+            raise ClientSetupError(f"{what} is not text: expected the secret, such as 64 hex digits") from None
+        if not secret:
+            raise ClientSetupError(f"{what} is empty")
+        return secret
     return os.environ.get(SECRET_ENV) or None
 
 
-def tls_credentials(ca_file: str | None, cert_file: str | None, key_file: str | None) -> grpc.ChannelCredentials:
-    """TLS channel credentials; a client certificate and key make it mutual TLS."""
+# What each TLS file must hold; anything else makes gRPC fail (or abort) later without naming the file.
+_PEM = {
+    "--tls-ca": (b"-----BEGIN CERTIFICATE-----", "CA certificate"),
+    "--tls-cert": (b"-----BEGIN CERTIFICATE-----", "certificate"),
+    "--tls-key": (b"PRIVATE KEY-----", "private key"),
+}
 
-    def read(path: str | None) -> bytes | None:
+
+def tls_credentials(ca_file: str | None, cert_file: str | None, key_file: str | None) -> grpc.ChannelCredentials:
+    """TLS channel credentials; a client certificate and key make it mutual TLS.
+
+    Raises ClientSetupError for a file that cannot be read or is not PEM, and for a certificate without its key
+    (or the reverse).
+    """
+    if (cert_file is None) != (key_file is None):
+        raise ClientSetupError("mutual TLS needs both a client certificate (--tls-cert) and its key (--tls-key)")
+
+    def read(path: str | None, option: str) -> bytes | None:
         if path is None:
             return None
-        with open(path, "rb") as f:
-            return f.read()
+        marker, holding = _PEM[option]
+        contents = _read_file(path, f"{option} {path}")
+        if marker not in contents:
+            raise ClientSetupError(f"{option} {path} is not a PEM file holding a {holding}")
+        return contents
 
     return grpc.ssl_channel_credentials(
-        root_certificates=read(ca_file), private_key=read(key_file), certificate_chain=read(cert_file)
+        root_certificates=read(ca_file, "--tls-ca"),
+        private_key=read(key_file, "--tls-key"),
+        certificate_chain=read(cert_file, "--tls-cert"),
     )
 
 
