@@ -57,8 +57,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.complete import CHUNKS, MESSAGES
 from bench.run import METHOD, Server, cpu_seconds, pinned, running
 from bench.seed import SCENARIOS, seed_admin
+from duo_common.tokens import sign_token
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc, types_pb2
-from sidecar.auth import sign_token
 from sidecar.config import ServerConfig, load_config
 from sidecar.metrics import GRPC_CODE_NAMES
 from tests.helpers import BIN, REPO, free_port, wait_serving, write_config

@@ -1,4 +1,6 @@
-"""Gitaly-style v2 HMAC bearer tokens: `Bearer v2.<hex HMAC-SHA256(secret, unix_ts)>.<unix_ts>`.
+"""Checks Gitaly-style v2 HMAC bearer tokens: `Bearer v2.<hex HMAC-SHA256(secret, unix_ts)>.<unix_ts>`.
+
+The format and its signing (what clients need) are in duo_common.tokens; this module is the server's side.
 
 The client secret may call RoutingService; the admin secret may call everything. Health is open.
 A grpc.aio interceptor checks every call before any handler, queue or concurrency limit sees it.
@@ -14,7 +16,6 @@ import enum
 import hashlib
 import hmac
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,36 +23,20 @@ from typing import Any
 
 import grpc
 
+from duo_common.tokens import ALLOWED_SKEW_SECONDS, TOKEN_PATTERN
 from sidecar.errors import DuoError, ErrorCode
 from sidecar.grpc_errors import status_for
 
 log = logging.getLogger(__name__)
 
-TOKEN_VERSION = "v2"
-ALLOWED_SKEW_SECONDS = 30
 ROUTING_PREFIX = "/gitlab.duo.routing.v1.RoutingService/"
-ADMIN_PREFIX = "/gitlab.duo.routing.v1.AdminService/"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = ("/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
-MAX_TIMESTAMP_DIGITS = 12
-# The whole header, ASCII only: str.isdigit() and int() accept other digits ("²", "٣") and str.lower() and
-# str.strip() fold or strip non-ASCII characters, so the token is matched by this pattern and nothing else.
-_TOKEN = re.compile(
-    rf"(?i:bearer)[ \t]+{TOKEN_VERSION}\.([0-9a-fA-F]{{64}})\.([0-9]{{1,{MAX_TIMESTAMP_DIGITS}}})[ \t]*", re.ASCII
-)
 
 
 class Role(enum.Enum):
     CLIENT = "client"
     ADMIN = "admin"
-
-
-def sign_token(secret: str | bytes, timestamp: int | None = None) -> str:
-    """The value of the `authorization` metadata for a call made now (or at `timestamp`)."""
-    ts = int(time.time()) if timestamp is None else timestamp
-    key = secret.encode() if isinstance(secret, str) else secret
-    mac = hmac.new(key, str(ts).encode(), hashlib.sha256).hexdigest()
-    return f"Bearer {TOKEN_VERSION}.{mac}.{ts}"
 
 
 @dataclass(frozen=True)
@@ -76,7 +61,7 @@ def authenticate(authorization: str | None, required: Role, secrets: Secrets, no
             "AUTH_TOKEN_MISSING",
             "no authorization metadata; send 'authorization: Bearer v2.<hmac>.<timestamp>'",
         )
-    match = _TOKEN.fullmatch(authorization)
+    match = TOKEN_PATTERN.fullmatch(authorization)
     if match is None:
         raise _failure(
             ErrorCode.UNAUTHENTICATED,
@@ -143,7 +128,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.transitioning = transitioning
         self.open_reflection = open_reflection
         self.on_failure = on_failure
-        self.failures: dict[tuple[str, bool], int] = {}
 
     async def intercept_service(
         self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
@@ -160,8 +144,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             authenticate(authorization, required, self.secrets, time.time())
         except DuoError as refusal:
             enforced = not self.transitioning
-            key = (refusal.reason, enforced)
-            self.failures[key] = self.failures.get(key, 0) + 1
             if self.on_failure is not None:
                 self.on_failure(refusal.reason, enforced)
             if enforced:

@@ -40,7 +40,6 @@ class FeatureInfo:
     unit_primitives: tuple[str, ...]
     parent: str | None
     compatible_families: frozenset[ModelFamily]
-    maturity: str
 
     def is_selectable(self, identifier: str) -> bool:
         return identifier in self.selectable_models
@@ -117,7 +116,6 @@ def parse_catalog(definitions: Mapping[str, Any], metadata: Mapping[str, Any]) -
             unit_primitives=_identifiers(raw, "unit_primitives", where),
             parent=meta.get("parent_feature") or None,
             compatible_families=families,
-            maturity=str(meta.get("maturity") or "ga"),
         )
     for info in features.values():
         if info.parent is not None and info.parent not in features:

@@ -20,6 +20,7 @@ from sidecar.store.base import StoreUnavailableError
 from sidecar.store.postgres import POSTGRES_ERRORS, redact_dsn
 from sidecar.store.sqlite import DatabaseLockedError, SchemaTooNewError
 from sidecar.tokens import TokenKeyError
+from sidecar.worker_board import runs_as_worker
 from sidecar.workers import Supervisor
 
 MAX_WORKERS = 64  # as server.workers
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "rotate-key":
             return asyncio.run(_rotate_key(config))
         workers = args.workers or config.server.workers
-        if workers > 1 and not config.server.reuse_port:  # reuse_port: this process is one of the workers
+        if workers > 1 and not runs_as_worker():  # a worker of a supervisor reads the same server.workers
             return asyncio.run(Supervisor(config, args.config, workers).run())
         asyncio.run(serve(config))
         return 0

@@ -124,6 +124,9 @@ class _Retryable(Exception):
         self.error = error
 
 
+_BREAKER_VALUES = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
+
+
 class Completer:
     def __init__(
         self,
@@ -139,6 +142,21 @@ class Completer:
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self.limits: dict[str, InFlightLimit] = {}
+
+    def circuit_states(self) -> list[tuple[tuple[str], float]]:
+        """Per endpoint: 0 closed, 1 half-open (the next call is the trial), 2 open
+        (duo_routing_upstream_circuit_state)."""
+        states = []
+        for endpoint, breaker in sorted(self.breakers.items()):
+            state = breaker.state
+            if state is BreakerState.OPEN and breaker.retry_after_seconds() <= 0:
+                state = BreakerState.HALF_OPEN
+            states.append(((endpoint,), _BREAKER_VALUES[state]))
+        return states
+
+    def in_flight(self) -> list[tuple[tuple[str], float]]:
+        """Per endpoint: requests in flight (duo_routing_upstream_in_flight)."""
+        return [((endpoint,), float(limit.in_flight)) for endpoint, limit in sorted(self.limits.items())]
 
     async def close(self) -> None:
         for session in self._sessions.values():

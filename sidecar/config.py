@@ -43,7 +43,6 @@ class ServerConfig:
     max_concurrent_complete_calls: int = 256  # Complete streams
     max_concurrent_admin_calls: int = 32
     workers: int = 1  # server processes sharing the port (duo-sidecar serve --workers N overrides)
-    reuse_port: bool = False  # set by the worker supervisor: several processes share the port
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # set: mutual TLS, clients must present a certificate signed by this CA
@@ -52,7 +51,6 @@ class ServerConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9236"
-    port_file: str = ""  # set by the worker supervisor: where a worker writes its metrics port
 
 
 @dataclass(frozen=True)

@@ -59,15 +59,6 @@ class ModelFamily(enum.IntEnum):
     def gitlab_name(self) -> str:
         return self.name.lower()
 
-    @property
-    def is_ga(self) -> bool:
-        return self in GA_FAMILIES
-
-
-GA_FAMILIES = frozenset(
-    {ModelFamily.MISTRAL, ModelFamily.CODESTRAL, ModelFamily.CLAUDE_3, ModelFamily.GPT, ModelFamily.MIXTRAL}
-)
-
 
 class Platform(enum.IntEnum):
     OPENAI_COMPATIBLE = 1

@@ -1,4 +1,7 @@
-"""Domain errors, free of gRPC types; sidecar.grpc_errors turns them into google.rpc.Status."""
+"""Domain errors, free of gRPC types; sidecar.grpc_errors turns them into google.rpc.Status.
+
+The detail types (and the ErrorInfo domain) are the ones the clients decode into, defined once in duo_common.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,18 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-ERROR_DOMAIN = "routing.duo.gitlab.com"
+from duo_common.errors import ERROR_DOMAIN, FieldViolation, PreconditionViolation
+
+__all__ = [
+    "ERROR_DOMAIN",
+    "DuoError",
+    "ErrorCode",
+    "FieldViolation",
+    "PreconditionViolation",
+    "failed_precondition",
+    "invalid_argument",
+    "not_found",
+]
 
 
 class ErrorCode(enum.Enum):
@@ -21,19 +35,6 @@ class ErrorCode(enum.Enum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     UNAVAILABLE = "UNAVAILABLE"
     DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
-
-
-@dataclass(frozen=True)
-class FieldViolation:
-    field: str
-    description: str
-
-
-@dataclass(frozen=True)
-class PreconditionViolation:
-    type: str
-    subject: str
-    description: str
 
 
 @dataclass

@@ -1,5 +1,7 @@
-"""Keeps gRPC health truthful: probes the store every few seconds and turns the store's health names NOT_SERVING
-while it is unusable, SERVING again once it recovers; and says so once per outage, however many calls fail.
+"""Keeps gRPC health truthful: probes the store every few seconds and, while it is unusable, turns NOT_SERVING the
+health names that depend on it (sidecar.server.names_down_with_the_store: every name with embedded SQLite; with
+PostgreSQL only AdminService and the storage name, routing keeps answering from memory), SERVING again once it
+recovers; and says so once per outage, however many calls fail.
 
 How soon health turns NOT_SERVING after the database stops answering: at once when a call finds it unreachable
 (storage.timeout_seconds after the call started waiting), else within storage.probe_interval_seconds +

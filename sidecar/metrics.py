@@ -18,10 +18,9 @@ import asyncio
 import logging
 import math
 import re
-import time
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import grpc
 import prometheus_client
@@ -36,16 +35,6 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from sidecar import __version__
-from sidecar.domain import Platform, Provider
-from sidecar.errors import DuoError
-from sidecar.policy import DEFAULT_NAMESPACE_REQUIRED, Resolution
-from sidecar.upstream.resilience import BreakerState
-
-if TYPE_CHECKING:
-    from sidecar.catalog_refresh import CatalogRefresher
-    from sidecar.completion import Completer
-    from sidecar.snapshot import Snapshot
-    from sidecar.state import ConfigState
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +106,28 @@ KNOWN_AUTH_REASONS = (
 )
 _REASON = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
-_BREAKER_VALUES = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Resolved(Protocol):
+    """What a routing decision tells the metrics (sidecar.policy.Resolution has it)."""
+
+    @property
+    def provider(self) -> _Named: ...
+
+    @property
+    def source(self) -> _Named: ...
+
+    @property
+    def pinned_model_unavailable(self) -> bool: ...
+
+
+# A gauge read at scrape time: one value, or (label values, value) pairs.
+GaugeRead = Callable[[], float]
+GaugeFamilyRead = Callable[[], Iterable[tuple[Sequence[str], float]]]
 
 
 def grpc_type(client_streaming: bool, server_streaming: bool) -> str:
@@ -299,9 +309,10 @@ def outcome_label(reason: str) -> str:
     return reason.lower() if _REASON.fullmatch(reason) else "error"
 
 
-def error_outcome(error: DuoError) -> tuple[str, str]:
-    """(outcome, error_type) of a Complete that failed with `error`: its reason and its gRPC code's name."""
-    return outcome_label(error.reason), GRPC_CODE_NAMES[grpc.StatusCode[error.code.value]]
+def error_outcome(reason: str, code: str) -> tuple[str, str]:
+    """(outcome, error_type) of a Complete that failed with an error of `reason` and status `code` (a
+    grpc.StatusCode name): the reason and the code's Prometheus name."""
+    return outcome_label(reason), GRPC_CODE_NAMES[grpc.StatusCode[code]]
 
 
 def interrupted_outcome(exc: BaseException, time_remaining: float | None) -> tuple[str, str]:
@@ -314,9 +325,14 @@ def interrupted_outcome(exc: BaseException, time_remaining: float | None) -> tup
 
 
 class Metrics:
-    """Every metric of one sidecar, in its own registry (several sidecars may share a process in tests)."""
+    """Every metric of one sidecar, in its own registry (several sidecars may share a process in tests).
 
-    def __init__(self) -> None:
+    A leaf: owners count through its methods, register gauges read at scrape time, and hand over the label sets
+    (features, models) when the catalog or the models change; it imports nothing else of the sidecar."""
+
+    def __init__(self, features: Iterable[str] = (), models: Iterable[str] = ()) -> None:
+        self._features = frozenset(features)
+        self._models = frozenset(models)
         self.registry = CollectorRegistry()
         registry = self.registry
         ProcessCollector(registry=registry)
@@ -413,44 +429,42 @@ class Metrics:
             buckets=GENAI_TOKEN_BUCKETS,
         )
 
-        self._resolution_children: dict[tuple[str, Provider, Any], Count] = {}
-        self._state = _StateCollector()
-        registry.register(self._state)
+        self._resolution_children: dict[tuple[str, Any, Any], Count] = {}
+        self._gauges = _Gauges()
+        registry.register(self._gauges)
 
     # -- wiring ----------------------------------------------------------------------------------------
 
-    def observe(
-        self,
-        control: ConfigState,
-        completer: Completer,
-        refresher: CatalogRefresher,
-        catalog_refresh_seconds: float,
-        services: Sequence[ServiceDescriptor],
-    ) -> None:
-        """Connects the scrape-time collectors to the sidecar's state and creates the per-method children."""
-        self._state.control = control
-        self._state.completer = completer
-        self._state.refresher = refresher
-        self._state.catalog_refresh_seconds = catalog_refresh_seconds
+    def register_services(self, services: Sequence[ServiceDescriptor]) -> None:
+        """Creates the grpc_server_* children of every method of these services."""
         self.grpc.register_services(services)
+
+    def gauge(self, name: str, documentation: str, read: GaugeRead) -> None:
+        """A gauge whose value `read` returns at scrape time."""
+        self._gauges.add(name, documentation, (), lambda: [((), read())])
+
+    def gauge_family(self, name: str, documentation: str, labelnames: Sequence[str], read: GaugeFamilyRead) -> None:
+        """A labelled gauge whose (label values, value) pairs `read` returns at scrape time."""
+        self._gauges.add(name, documentation, tuple(labelnames), read)
+
+    def set_labels(self, features: Iterable[str], models: Iterable[str]) -> None:
+        """The feature and model label values allowed from now on (the catalog or the models changed)."""
+        features, models = frozenset(features), frozenset(models)
+        if features != self._features:
+            self._resolution_children.clear()  # children were chosen under the old label set
+        self._features, self._models = features, models
 
     # -- labels ----------------------------------------------------------------------------------------
 
     def feature_label(self, feature: str) -> str:
-        control = self._state.control
-        return feature if control is not None and feature in control.snapshot.catalog.features else OTHER
+        return feature if feature in self._features else OTHER
 
-    @staticmethod
-    def model_label(snapshot: Snapshot, model: str) -> str:
-        if model in snapshot.catalog.models:
-            return model
-        if any(m.identifier == model for m in snapshot.self_hosted_models.values()):
-            return model
-        return OTHER
+    def model_label(self, model: str) -> str:
+        return model if model in self._models else OTHER
 
     # -- routing ---------------------------------------------------------------------------------------
 
-    def resolved(self, feature: str, resolution: Resolution) -> None:
+    def resolved(self, feature: str, resolution: Resolved) -> None:
         """A successful routing decision for `feature` (as requested)."""
         key = (feature, resolution.provider, resolution.source)
         child = self._resolution_children.get(key)
@@ -460,7 +474,7 @@ class Metrics:
         if resolution.pinned_model_unavailable:
             self.pinned_model_unavailable.labels(self.feature_label(feature)).inc()
 
-    def _resolution_child(self, key: tuple[str, Provider, Any]) -> Count:
+    def _resolution_child(self, key: tuple[str, Any, Any]) -> Count:
         feature, provider, source = key
         label = self.feature_label(feature)
         child = self.resolutions.child(label, provider.name.lower(), source.name.lower())
@@ -468,9 +482,9 @@ class Metrics:
             self._resolution_children[key] = child
         return child
 
-    def resolve_failed(self, feature: str, error: DuoError) -> None:
-        if error.reason == DEFAULT_NAMESPACE_REQUIRED:
-            self.default_namespace_required.labels(self.feature_label(feature)).inc()
+    def default_namespace_required_for(self, feature: str) -> None:
+        """A request refused with DEFAULT_NAMESPACE_REQUIRED."""
+        self.default_namespace_required.labels(self.feature_label(feature)).inc()
 
     def auth_failure(self, reason: str, enforced: bool) -> None:
         """For the auth interceptor: a call whose credentials failed. `reason` is the ErrorInfo reason
@@ -480,83 +494,30 @@ class Metrics:
 
     # -- Complete --------------------------------------------------------------------------------------
 
-    def upstream_call(self, snapshot: Snapshot, resolution: Resolution) -> UpstreamCall:
-        model = self.model_label(snapshot, resolution.model_identifier)
-        hosted = resolution.self_hosted_model
-        if hosted is None:
-            gen_ai_provider = "gitlab_ai_gateway"
-        else:
-            gen_ai_provider = {
-                Platform.OPENAI_COMPATIBLE: "openai_compatible",
-                Platform.AZURE_OPENAI: "azure_openai",
-            }.get(hosted.platform, OTHER)
-        return UpstreamCall(self, resolution.provider.name.lower(), model, gen_ai_provider)
+    def upstream_call(self, provider: str, model: str, gen_ai_provider: str) -> UpstreamCall:
+        """One Complete's trip: provider (gitlab_ai_gateway, self_hosted), the model's identifier (an unknown one
+        is counted as other) and the OpenTelemetry gen_ai.provider.name."""
+        return UpstreamCall(self, provider, self.model_label(model), gen_ai_provider)
 
 
-class _StateCollector(Collector):
-    """Gauges read from the sidecar's state at scrape time: nothing to update on the hot path."""
+class _Gauges(Collector):
+    """Gauges their owners registered, read at scrape time: nothing to update on the hot path."""
 
     def __init__(self) -> None:
-        self.control: ConfigState | None = None
-        self.completer: Completer | None = None
-        self.refresher: CatalogRefresher | None = None
-        self.catalog_refresh_seconds = 0.0
+        self._gauges: list[tuple[str, str, tuple[str, ...], GaugeFamilyRead]] = []
+
+    def add(self, name: str, documentation: str, labelnames: tuple[str, ...], read: GaugeFamilyRead) -> None:
+        self._gauges.append((name, documentation, labelnames, read))
 
     def describe(self) -> Iterable[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        control, completer, refresher = self.control, self.completer, self.refresher
-        if control is None or completer is None or refresher is None:
-            return
-        snapshot = control.snapshot
-        now = time.time()
-        yield GaugeMetricFamily(
-            "duo_routing_config_version",
-            "Config version of the routing snapshot in use (bumped by every admin change).",
-            value=snapshot.config_version,
-        )
-        yield GaugeMetricFamily(
-            "duo_routing_snapshot_published_timestamp_seconds",
-            "Unix time the routing snapshot in use was published (loaded at start or swapped after a change).",
-            value=control.published_at,
-        )
-        yield GaugeMetricFamily(
-            "duo_routing_catalog_age_seconds",
-            "Seconds since the model catalog in use was loaded at start or last fetched from the AI Gateway.",
-            value=max(0.0, now - refresher.refreshed_at),
-        )
-        yield GaugeMetricFamily(
-            "duo_routing_catalog_refresh_interval_seconds",
-            "instance.catalog_refresh_seconds in effect (0: the catalog is never refreshed).",
-            value=self.catalog_refresh_seconds,
-        )
-        info = GaugeMetricFamily(
-            "duo_routing_catalog_info",
-            "Always 1; catalog_version names the catalog in use.",
-            labels=["catalog_version"],
-        )
-        info.add_metric([snapshot.catalog.version], 1)
-        yield info
-        breakers = GaugeMetricFamily(
-            "duo_routing_upstream_circuit_state",
-            "Circuit breaker per upstream endpoint: 0 closed, 1 half-open (a trial may pass), 2 open (failing fast).",
-            labels=["endpoint"],
-        )
-        for endpoint, breaker in sorted(completer.breakers.items()):
-            state = breaker.state
-            if state is BreakerState.OPEN and breaker.retry_after_seconds() <= 0:
-                state = BreakerState.HALF_OPEN  # the next call is the trial
-            breakers.add_metric([endpoint], _BREAKER_VALUES[state])
-        yield breakers
-        in_flight = GaugeMetricFamily(
-            "duo_routing_upstream_in_flight",
-            "Complete requests in flight per upstream endpoint (capped by upstream.max_in_flight_per_endpoint).",
-            labels=["endpoint"],
-        )
-        for endpoint, limit in sorted(completer.limits.items()):
-            in_flight.add_metric([endpoint], limit.in_flight)
-        yield in_flight
+        for name, documentation, labelnames, read in self._gauges:
+            family = GaugeMetricFamily(name, documentation, labels=list(labelnames))
+            for values, value in read():
+                family.add_metric(list(values), value)
+            yield family
 
 
 class MetricsServer:

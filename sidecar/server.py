@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -28,6 +29,7 @@ from sidecar.health_probe import StoreProbe
 from sidecar.metrics import Metrics, MetricsServer
 from sidecar.pipeline import ChangePipeline
 from sidecar.servicers import AdminServicer, RoutingServicer
+from sidecar.snapshot import Snapshot
 from sidecar.state import ConfigState
 from sidecar.store.base import Store, deployment_type_mismatch_message
 from sidecar.store.postgres import PostgresStore, redact_dsn
@@ -66,7 +68,8 @@ GRPC_SERVICES = (
 )
 
 
-PENDING_CALLS_BACKLOG = 100_000
+# Calls waiting in gRPC's own backlog cost about 15 KiB each: 10,000 keep the process well inside a 512 MiB limit.
+PENDING_CALLS_BACKLOG = 10_000
 REFUSAL_WINDOW_SECONDS = 0.25
 
 
@@ -192,7 +195,7 @@ class Sidecar:
             state, self.completer, self.config.storage.data_dir / "catalog.json", instance.catalog_path
         )
         refresh_seconds = 0.0 if instance.catalog_path else instance.catalog_refresh_seconds
-        self.metrics.observe(state, self.completer, self.refresher, refresh_seconds, GRPC_SERVICES)
+        self._register_metrics(state, self.completer, self.refresher, refresh_seconds)
         try:
             self.metrics_port = await self.metrics_server.start(self.config.metrics.listen)
         except OSError as exc:
@@ -214,6 +217,8 @@ class Sidecar:
             },
             on_refused=lambda limit: self.metrics.overload_refusals.labels(limit).inc(),
         )
+        for limit in self.admission.limits:
+            self.metrics.overload_refusals.labels(limit)  # every series from the start: stable series count
         server = grpc.aio.server(
             # grpc.aio runs interceptors in list order, the first outermost. Authentication first: nothing else
             # sees a call that is refused, so refused calls are not in grpc_server_* but in
@@ -225,12 +230,12 @@ class Sidecar:
                 self.admission,
             ],
             options=[
-                # No SO_REUSEPORT unless this is one of several workers: a second sidecar on a busy port must
-                # fail, not silently share it.
-                ("grpc.so_reuseport", int(server_config.reuse_port)),
+                # No SO_REUSEPORT unless this is one of several workers (sidecar.workers): a second sidecar on a
+                # busy port must fail, not silently share it.
+                ("grpc.so_reuseport", int(self.board is not None)),
                 ("grpc.max_receive_message_length", server_config.max_receive_message_bytes),
-                # gRPC's own backlog of calls not yet taken by the application sheds them as CANCELLED when it
-                # grows; admission refuses the excess with a proper status instead, so let the backlog grow.
+                # gRPC's own backlog of calls not yet taken by the application sheds them as CANCELLED from 1,000
+                # on; admission refuses the excess with a proper status instead, so let the backlog grow (bounded).
                 ("grpc.server.max_pending_requests", PENDING_CALLS_BACKLOG),
                 ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_BACKLOG),
             ],
@@ -270,9 +275,9 @@ class Sidecar:
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {self.config.server.listen}: {exc}") from None
         await server.start()
-        if self.config.metrics.port_file:
+        if self.board is not None:
             # Also tells the worker supervisor that this worker started: a refusal before this point is fatal.
-            _write_port_file(Path(self.config.metrics.port_file), self.metrics_port)
+            _write_port_file(self.board.metrics_port_file(self.board.index), self.metrics_port)
         self.server = server
         for name in HEALTH_NAMES:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -308,6 +313,64 @@ class Sidecar:
             state.version,
         )
         return self.port
+
+    def _register_metrics(
+        self, state: ConfigState, completer: Completer, refresher: CatalogRefresher, refresh_seconds: float
+    ) -> None:
+        """Hands the metrics what they read at scrape time, and the label sets, kept current on every publish."""
+        metrics = self.metrics
+        metrics.register_services(GRPC_SERVICES)
+        metrics.gauge(
+            "duo_routing_config_version",
+            "Config version of the routing snapshot in use (bumped by every admin change).",
+            lambda: state.version,
+        )
+        metrics.gauge(
+            "duo_routing_snapshot_published_timestamp_seconds",
+            "Unix time the routing snapshot in use was published (loaded at start or swapped after a change).",
+            lambda: state.published_at,
+        )
+        metrics.gauge(
+            "duo_routing_catalog_age_seconds",
+            "Seconds since the model catalog in use was loaded at start or last fetched from the AI Gateway.",
+            lambda: max(0.0, time.time() - refresher.refreshed_at),
+        )
+        metrics.gauge(
+            "duo_routing_catalog_refresh_interval_seconds",
+            "instance.catalog_refresh_seconds in effect (0: the catalog is never refreshed).",
+            lambda: refresh_seconds,
+        )
+        metrics.gauge_family(
+            "duo_routing_catalog_info",
+            "Always 1; catalog_version names the catalog in use.",
+            ("catalog_version",),
+            lambda: [((state.snapshot.catalog.version,), 1.0)],
+        )
+        metrics.gauge_family(
+            "duo_routing_upstream_circuit_state",
+            "Circuit breaker per upstream endpoint: 0 closed, 1 half-open (a trial may pass), 2 open (failing fast).",
+            ("endpoint",),
+            completer.circuit_states,
+        )
+        metrics.gauge_family(
+            "duo_routing_upstream_in_flight",
+            "Complete requests in flight per upstream endpoint (capped by upstream.max_in_flight_per_endpoint).",
+            ("endpoint",),
+            completer.in_flight,
+        )
+        labelled: list[Snapshot] = []
+
+        def hand_over_labels(snapshot: Snapshot) -> None:
+            last = labelled[0] if labelled else None
+            same = last is not None and last.catalog is snapshot.catalog
+            if same and last is not None and last.self_hosted_models is snapshot.self_hosted_models:
+                return  # most publishes: seats, pins
+            labelled[:] = [snapshot]
+            models = {*snapshot.catalog.models, *(m.identifier for m in snapshot.self_hosted_models.values())}
+            metrics.set_labels(snapshot.catalog.features, models)
+
+        hand_over_labels(state.snapshot)
+        state.on_publish = hand_over_labels
 
     def _peer_changed(self) -> None:
         """Another worker of this sidecar committed a change: catch up now, it waits for us."""

@@ -120,6 +120,16 @@ def _families(info: FeatureInfo) -> list[types_pb2.ModelFamily]:
     return [cast(types_pb2.ModelFamily, f.value) for f in sorted(info.compatible_families)]
 
 
+def _gen_ai_provider(resolution: policy.Resolution) -> str:
+    """OpenTelemetry's gen_ai.provider.name of the upstream that serves the resolution."""
+    hosted = resolution.self_hosted_model
+    if hosted is None:
+        return "gitlab_ai_gateway"
+    return {Platform.OPENAI_COMPATIBLE: "openai_compatible", Platform.AZURE_OPENAI: "azure_openai"}.get(
+        hosted.platform, "other"
+    )
+
+
 class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
     def __init__(
         self, state: ConfigState, completer: Completer, metrics: Metrics | None = None, log_prompts: bool = False
@@ -139,7 +149,8 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
         try:
             resolution = policy.resolve(snapshot, request.user_id, request.feature, request.root_namespace_id, user)
         except DuoError as error:
-            self._metrics.resolve_failed(request.feature, error)
+            if error.reason == policy.DEFAULT_NAMESPACE_REQUIRED:
+                self._metrics.default_namespace_required_for(request.feature)
             raise
         self._metrics.resolved(request.feature, resolution)
         return resolution
@@ -176,7 +187,9 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
                 log.debug("Complete prompt", extra={"prompt": [[m.role, m.content] for m in work.messages]})
             yield routing_pb2.CompleteResponse(route=resolution_to_proto(resolution))
 
-            call = self._metrics.upstream_call(snapshot, resolution)
+            call = self._metrics.upstream_call(
+                resolution.provider.name.lower(), resolution.model_identifier, _gen_ai_provider(resolution)
+            )
             upstream_started = time.perf_counter()
             waited = 0.0  # time spent waiting on the upstream; the rest of the handler's time is the sidecar's
             first_token = True
@@ -211,7 +224,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
                                 )
                             )
             except DuoError as error:
-                outcome, error_type = error_outcome(error)
+                outcome, error_type = error_outcome(error.reason, error.code.value)
                 raise
             except BaseException as exc:
                 outcome, error_type = interrupted_outcome(exc, context.time_remaining())

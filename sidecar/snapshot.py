@@ -29,18 +29,6 @@ class Snapshot:
     instance_pins: immutables.Map[str, str]
     namespace_pins: immutables.Map[int, NamespacePins]
 
-    @classmethod
-    def empty(cls, deployment_type: DeploymentType, catalog: Catalog) -> Snapshot:
-        return cls(
-            deployment_type=deployment_type,
-            catalog=catalog,
-            config_version=0,
-            self_hosted_models=immutables.Map(),
-            feature_settings=immutables.Map(),
-            instance_pins=immutables.Map(),
-            namespace_pins=immutables.Map(),
-        )
-
     def with_version(self, version: int) -> Snapshot:
         return dataclasses.replace(self, config_version=version)
 

@@ -74,6 +74,7 @@ class ConfigState:
         self._apply_lock = asyncio.Lock()
         # Told every version this process serves (the worker board); and once, when the schema is too new.
         self.on_version: Callable[[int], None] = lambda _version: None
+        self.on_publish: Callable[[Snapshot], None] = lambda _snapshot: None
         self.on_schema_too_new: Callable[[str], None] = lambda _message: None
         self.schema_problem = ""
 
@@ -103,6 +104,7 @@ class ConfigState:
         self._snapshot = snapshot
         self.published_at = time.time()
         self.on_version(snapshot.config_version)
+        self.on_publish(snapshot)
 
     async def user_routing(self, user_id: int) -> UserRouting:
         """A user's seats and default namespace; only GitLab.com routing reads them. Cached: no I/O when warm."""

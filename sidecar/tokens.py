@@ -91,10 +91,6 @@ class Keyring:
     def has_key(self, key_id: str) -> bool:
         return key_id in self._ciphers
 
-    @property
-    def primary_key_id(self) -> str:
-        return self._primary
-
     def reload_if_changed(self) -> None:
         try:
             mtime = self.path.stat().st_mtime

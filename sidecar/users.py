@@ -30,8 +30,6 @@ class UserDirectory:
         self._load = load
         self._capacity = capacity
         self._entries: OrderedDict[int, UserRouting] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
         # Bumped by every invalidation: a load that overlapped one may have read stale rows, so it is not cached.
         self._generation = 0
 
@@ -42,7 +40,6 @@ class UserDirectory:
         """The user's data when cached (no I/O): the hot path."""
         entry = self._entries.get(user_id)
         if entry is not None:
-            self.hits += 1
             self._entries.move_to_end(user_id)
         return entry
 
@@ -50,7 +47,6 @@ class UserDirectory:
         entry = self.cached(user_id)
         if entry is not None:
             return entry
-        self.misses += 1
         generation = self._generation
         entry = await self._load(user_id)
         if generation == self._generation:

@@ -8,8 +8,12 @@ small memory-mapped file, one signed 64-bit slot per worker, so publishing and r
 `ResolveModel` never pays for any of this. Slot -1 means "not running" (never waited for); the supervisor
 sets 0 before it spawns a worker, so a worker that is still starting is waited for until it has loaded.
 
-Files in the supervisor's runtime directory: `board` (the slots) and `worker-<i>.sock` (each worker's
-AF_UNIX datagram socket; a datagram carries nothing, it only says "the store changed, look").
+Files in the supervisor's runtime directory: `board` (the slots), `worker-<i>.sock` (each worker's AF_UNIX
+datagram socket; a datagram carries nothing, it only says "the store changed, look") and `worker-<i>.metrics-port`
+(the port of the worker's own metrics endpoint, written once it has started).
+
+These variables and files are the supervisor's plumbing, not configuration: a process is a worker (shares the gRPC
+port through SO_REUSEPORT, writes its metrics port) exactly when its supervisor named the board.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ SUPERVISOR = -1  # the index of the supervisor's own board: it is none of the wo
 _SLOT = struct.Struct("=q")  # native order: only processes of this machine read it; 8-aligned in the page
 _FIRST_POLL_SECONDS = 0.0005
 _MAX_POLL_SECONDS = 0.005
+
+
+def runs_as_worker(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether this process is a worker of `duo-sidecar serve --workers N` (its supervisor named the board)."""
+    return bool(environ.get(BOARD_VARIABLE))
 
 
 class _Doorbell(asyncio.DatagramProtocol):
@@ -109,6 +118,10 @@ class WorkerBoard:
     def environment(self, index: int) -> dict[str, str]:
         """What the supervisor adds to worker `index`'s environment."""
         return {BOARD_VARIABLE: str(self.directory), INDEX_VARIABLE: str(index), COUNT_VARIABLE: str(self.count)}
+
+    def metrics_port_file(self, index: int) -> Path:
+        """Where worker `index` writes the port of its metrics endpoint once it has started."""
+        return self.directory / f"worker-{index}.metrics-port"
 
     def _socket_path(self, index: int) -> Path:
         return self.directory / f"worker-{index}.sock"

@@ -66,7 +66,8 @@ class Supervisor:
         self.exit_code = 0
 
     def _port_file(self, index: int) -> Path:
-        return self.runtime / f"worker-{index}.metrics-port"
+        assert self.board is not None
+        return self.board.metrics_port_file(index)
 
     async def _spawn(self, index: int) -> None:
         assert self.board is not None
@@ -81,9 +82,9 @@ class Supervisor:
                 *arguments,
                 env={
                     **os.environ,
-                    "DUO_SIDECAR_SERVER_REUSE_PORT": "true",
+                    # Its own metrics on any free port; it writes the port to _port_file(index), and the
+                    # supervisor's endpoint (metrics.listen) serves them all. The board's variables make it a worker.
                     "DUO_SIDECAR_METRICS_LISTEN": "127.0.0.1:0",
-                    "DUO_SIDECAR_METRICS_PORT_FILE": str(self._port_file(index)),
                     **self.board.environment(index),
                 },
             )

@@ -100,6 +100,13 @@ def run_sidecar(config: Path, port: int, env: dict[str, str] | None = None) -> I
                 process.wait()
 
 
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`duo-sidecar ARGS` run to completion in `cwd`, its output captured as text."""
+    return subprocess.run(
+        [str(BIN / "duo-sidecar"), *args], capture_output=True, text=True, cwd=cwd, timeout=60, check=False
+    )
+
+
 def duo_admin_path() -> str:
     found = shutil.which("duo-admin", path=str(BIN))
     assert found, "duo-admin is not installed in the test environment"

@@ -16,6 +16,13 @@ def _reading(writer: asyncio.StreamWriter, on: bool) -> None:
             transport.pause_reading()
 
 
+async def _cancel_the_other_tasks() -> None:
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
+
+
 class TcpProxy:
     """Runs in its own thread and event loop, so blocking test code does not stall the traffic."""
 
@@ -23,7 +30,7 @@ class TcpProxy:
         self.target = (target_host, target_port)
         self.port = 0
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()  # cleared while black-holed
@@ -39,6 +46,14 @@ class TcpProxy:
         self.cut()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+
+    def _serve(self) -> None:
+        """The proxy thread: the loop until __exit__ stops it, then its leftover tasks cancelled and the loop closed."""
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(_cancel_the_other_tasks())
+            self._loop.close()
 
     def _run(self, coroutine: object) -> object:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)  # type: ignore[arg-type]

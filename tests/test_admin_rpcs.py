@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any, cast
 
@@ -12,6 +14,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from gitlab.duo.routing.v1 import admin_pb2, routing_pb2, types_pb2
+from sidecar.tokens import EncryptedToken, Keyring
 from tests.conftest import Sidecar, StartServer
 from tests.helpers import ErrorDetails, error_details
 
@@ -96,11 +99,20 @@ async def test_self_hosted_model_lifecycle_never_returns_the_token(start_server:
 
 async def test_token_is_stored_encrypted(start_server: StartServer) -> None:
     sidecar = await start_server("self_managed")
-    await create(sidecar, vllm_model())
+    model = await create(sidecar, vllm_model())
     await sidecar.server.stop()
     database = sidecar.config.storage.path
-    files = [Path(database), Path(database + "-wal")]
-    for path in files:
+    with closing(sqlite3.connect(database)) as connection:
+        row = connection.execute(
+            "SELECT api_token_key_id, api_token_ciphertext FROM self_hosted_models WHERE id = ?", (model.id,)
+        ).fetchone()
+    assert row is not None and row[1] is not None, "no token stored"
+    stored = EncryptedToken(str(row[0]), bytes(row[1]))
+    assert TOKEN.encode() not in stored.ciphertext
+    # It is the token, encrypted under the key file's key and bound to this model.
+    keyring = Keyring.open(sidecar.config.storage.token_key_path)
+    assert keyring.decrypt(stored, model.id.encode()) == TOKEN
+    for path in [Path(database), Path(database + "-wal")]:
         if path.exists():
             assert TOKEN.encode() not in path.read_bytes()
 

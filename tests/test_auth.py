@@ -12,11 +12,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from duo_common.tokens import sign_token
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
-from sidecar.auth import sign_token
 from tests.certs import make_pki
-from tests.conftest import StartServer
+from tests.conftest import Sidecar, StartServer
 from tests.helpers import error_details
+from tests.scrape import scrape
 
 pytestmark = pytest.mark.asyncio
 
@@ -175,6 +176,15 @@ async def test_reflection_follows_the_admin_rule(start_server: StartServer) -> N
     assert await list_services(None) == OK
 
 
+async def auth_failures(sidecar: Sidecar) -> dict[tuple[str, str], float]:
+    """The non-zero series of duo_routing_auth_failures_total by (reason, enforced), scraped from /metrics."""
+    return {
+        (dict(labels)["reason"], dict(labels)["enforced"]): count
+        for (name, labels), count in (await scrape(sidecar)).items()
+        if name == "duo_routing_auth_failures_total" and count
+    }
+
+
 async def test_transitioning_mode_lets_calls_through_and_counts_them(start_server: StartServer) -> None:
     sidecar = await start_server("dedicated", env={**AUTH_ENV, "DUO_SIDECAR_AUTH_TRANSITIONING": "true"})
     routing = routing_pb2_grpc.RoutingServiceStub(sidecar.channel)
@@ -186,7 +196,7 @@ async def test_transitioning_mode_lets_calls_through_and_counts_them(start_serve
     await routing.ResolveModel(
         routing_pb2.ResolveModelRequest(user_id=1, feature="duo_chat"), metadata=_metadata(TOKENS["client"]())
     )
-    assert sidecar.server.auth.failures == {("AUTH_TOKEN_MISSING", False): 1, ("AUTH_TOKEN_EXPIRED", False): 1}
+    assert await auth_failures(sidecar) == {("AUTH_TOKEN_MISSING", "false"): 1, ("AUTH_TOKEN_EXPIRED", "false"): 1}
 
 
 async def test_duo_admin_signs_from_a_secret_file(start_server: StartServer, tmp_path: Path) -> None:
@@ -289,7 +299,8 @@ async def test_unknown_methods_reveal_nothing_without_a_token(start_server: Star
     for token in ("client", "admin"):
         assert (await _raw_call(channel, UNKNOWN_ROUTING_PATH, "unary", TOKENS[token]()))[0] == UNIMPLEMENTED
     # Refusals are counted like any other (by reason, not by path: a caller cannot add label values).
-    assert sidecar.server.auth.failures[("AUTH_TOKEN_MISSING", True)] >= len(UNKNOWN_ADMIN_PATHS) * len(SHAPES)
+    missing = (await auth_failures(sidecar))[("AUTH_TOKEN_MISSING", "true")]
+    assert missing >= len(UNKNOWN_ADMIN_PATHS) * len(SHAPES)
     # Health needs no token; its own namespace is public knowledge (grpc.health.v1).
     health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
     assert health.status == health_pb2.HealthCheckResponse.SERVING

@@ -18,55 +18,12 @@ import pytest_asyncio
 from aiohttp import web
 
 from gitlab.duo.routing.v1 import admin_pb2, routing_pb2, types_pb2
+from tests.completion import FAST, MESSAGES, TOKEN, collect, complete_request, read_all, self_hosted
 from tests.conftest import Sidecar, StartServer
 from tests.helpers import REPO, ErrorDetails, duo_admin_path, error_details
 from tests.upstreams import MockUpstream, serve_upstream
 
 pytestmark = pytest.mark.asyncio
-
-TOKEN = "sk-live-0123456789abcdef"
-MESSAGES = [
-    routing_pb2.ChatMessage(role="system", content="You are a helpful assistant."),
-    routing_pb2.ChatMessage(role="user", content="Say hello"),
-]
-
-
-def complete_request(feature: str = "duo_chat", user: int = 1, namespace: int = 0, **kwargs: Any) -> Any:
-    return routing_pb2.CompleteRequest(
-        user_id=user, feature=feature, root_namespace_id=namespace, messages=MESSAGES, **kwargs
-    )
-
-
-async def self_hosted(
-    sidecar: Sidecar,
-    upstream: MockUpstream,
-    platform: types_pb2.Platform = types_pb2.PLATFORM_OPENAI_COMPATIBLE,
-    feature: str = "duo_chat",
-) -> admin_pb2.SelfHostedModel:
-    azure = platform == types_pb2.PLATFORM_AZURE_OPENAI
-    reply = await sidecar.admin.CreateSelfHostedModel(
-        admin_pb2.CreateSelfHostedModelRequest(
-            self_hosted_model=admin_pb2.SelfHostedModel(
-                name=f"model on {upstream.port}",
-                family=types_pb2.MODEL_FAMILY_MISTRAL,
-                platform=platform,
-                endpoint=upstream.url if azure else f"{upstream.url}/v1",
-                identifier="azure/mistral-deployment" if azure else "custom_openai/mistral-7b-instruct",
-                api_token=TOKEN,
-            )
-        )
-    )
-    model: admin_pb2.SelfHostedModel = reply.self_hosted_model
-    await sidecar.admin.UpdateFeatureSetting(
-        admin_pb2.UpdateFeatureSettingRequest(
-            feature=feature, provider=admin_pb2.FEATURE_PROVIDER_SELF_HOSTED, self_hosted_model_id=model.id
-        )
-    )
-    return model
-
-
-async def collect(call: Any) -> list[Any]:
-    return [event async for event in call]
 
 
 async def failure(call: Any) -> tuple[ErrorDetails, list[Any]]:
@@ -79,14 +36,6 @@ async def failure(call: Any) -> tuple[ErrorDetails, list[Any]]:
     return details, events
 
 
-async def read_all(call: Any) -> list[Any]:
-    """The rest of a stream read with read(); gRPC forbids mixing read() with async iteration."""
-    events = []
-    while (event := await call.read()) != grpc.aio.EOF:
-        events.append(event)
-    return events
-
-
 async def still_serving(sidecar: Sidecar) -> None:
     answer = await sidecar.routing.ResolveModel(routing_pb2.ResolveModelRequest(user_id=1, feature="code_completions"))
     assert answer.model_identifier
@@ -96,13 +45,6 @@ async def still_serving(sidecar: Sidecar) -> None:
 async def upstream() -> AsyncIterator[MockUpstream]:
     async with serve_upstream() as server:
         yield server
-
-
-FAST = {
-    "DUO_SIDECAR_UPSTREAM_FIRST_TOKEN_TIMEOUT_SECONDS": "1",
-    "DUO_SIDECAR_UPSTREAM_IDLE_TIMEOUT_SECONDS": "1",
-    "DUO_SIDECAR_UPSTREAM_CONNECT_TIMEOUT_SECONDS": "1",
-}
 
 
 async def test_openai_compatible_stream_in_order_with_usage(
@@ -158,16 +100,20 @@ async def test_deltas_arrive_unbuffered(start_server: StartServer, upstream: Moc
     assert "".join(e.delta.text for e in rest[:-1]) == ", world!"
 
 
+AZURE_API_VERSION = "2025-01-01-preview"
+
+
 async def test_azure_openai(start_server: StartServer, upstream: MockUpstream) -> None:
     upstream.usage = None
-    sidecar = await start_server("self_managed", env={"DUO_SIDECAR_UPSTREAM_AZURE_API_VERSION": "2024-10-21"})
+    # Not the default (2024-10-21, see sidecar/config.py): only the override can put this version on the wire.
+    sidecar = await start_server("self_managed", env={"DUO_SIDECAR_UPSTREAM_AZURE_API_VERSION": AZURE_API_VERSION})
     await self_hosted(sidecar, upstream, platform=types_pb2.PLATFORM_AZURE_OPENAI)
     events = await collect(sidecar.routing.Complete(complete_request()))
     assert "".join(e.delta.text for e in events[1:-1]) == "Hello, world!"
     assert events[-1].finished.usage.estimated is True  # no usage chunk: estimated
     seen = upstream.requests[-1]
     assert seen.path == "/openai/deployments/mistral-deployment/chat/completions"
-    assert seen.query == {"api-version": "2024-10-21"}
+    assert seen.query == {"api-version": AZURE_API_VERSION}
     assert seen.headers["api-key"] == TOKEN
     assert "Authorization" not in seen.headers
     assert "model" not in seen.body

@@ -20,8 +20,8 @@ from pathlib import Path
 import grpc
 
 from gitlab.duo.routing.v1 import admin_pb2, routing_pb2
+from tests.fleet import Client, config_for, fresh_postgres
 from tests.helpers import run_sidecar
-from tests.test_fleet import Client, config_for, fresh_postgres
 
 ROUNDS = int(os.environ.get("DUO_SIDECAR_CONVERGENCE_ROUNDS", "3"))
 USERS = range(1, 9)

@@ -19,13 +19,13 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from duo_common.tokens import sign_token
 from gitlab.duo.routing.v1 import admin_pb2, routing_pb2, routing_pb2_grpc
-from sidecar.auth import sign_token
 from sidecar.server import REFUSAL_WINDOW_SECONDS
+from tests.completion import complete_request, read_all, self_hosted
 from tests.conftest import StartServer
 from tests.helpers import BIN, error_details, free_port, wait_serving, write_config
-from tests.test_complete import complete_request, read_all, self_hosted
-from tests.test_metrics import scrape
+from tests.scrape import scrape
 from tests.upstreams import serve_upstream
 
 

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.server import HEALTH_NAMES
 from tests.conftest import Sidecar, StartServer
-from tests.test_metrics import scrape, value
+from tests.scrape import scrape, value
 
 pytestmark = pytest.mark.asyncio
 

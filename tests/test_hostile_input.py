@@ -22,9 +22,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from duo_common.tokens import sign_token
 from gitlab.duo.routing.v1 import admin_pb2, types_pb2
 from sidecar import paging
-from sidecar.auth import sign_token
 from sidecar.errors import DuoError, ErrorCode
 from sidecar.logs import drop_undecodable_metadata
 from sidecar.store.base import Store

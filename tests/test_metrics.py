@@ -13,19 +13,19 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
-from prometheus_client.parser import text_string_to_metric_families
 
+from duo_common.tokens import sign_token
 from gitlab.duo.routing.v1 import admin_pb2, routing_pb2
-from sidecar.auth import sign_token
 from sidecar.metrics import Metrics
 from sidecar.server import StartupError
+from tests.completion import FAST, collect, complete_request, self_hosted
 from tests.conftest import Sidecar, StartServer
+from tests.error_reasons import code_error_reasons
 from tests.helpers import REPO
-from tests.test_complete import FAST, collect, complete_request, self_hosted
+from tests.scrape import Samples, parse, scrape, scrape_text, value
 from tests.upstreams import MockUpstream, serve_upstream
 
 pytestmark = pytest.mark.asyncio
@@ -42,49 +42,6 @@ def promtool() -> str:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-async def scrape_text(sidecar: Sidecar, accept: str | None = None) -> tuple[str, str]:
-    headers = {"Accept": accept} if accept else {}
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{sidecar.server.metrics_port}/metrics", headers=headers) as response,
-    ):
-        assert response.status == 200
-        return response.headers["Content-Type"], await response.text()
-
-
-def parse(text: str) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def unfinished(samples: Samples) -> int:
-    """Calls started but not yet counted as handled."""
-    started = sum(v for (name, _), v in samples.items() if name == "grpc_server_started_total")
-    return int(started - sum(v for (name, _), v in samples.items() if name == "grpc_server_handled_total"))
-
-
-async def scrape(sidecar: Sidecar, settled: bool = True) -> Samples:
-    """The sidecar's samples; `settled`: once every call has been counted. grpc.aio sends an aborted call's
-    status before the handler's exception reaches the interceptor, so a caller can see its error a moment
-    before the server has counted it."""
-    for _ in range(100):
-        samples = parse((await scrape_text(sidecar))[1])
-        if not settled or unfinished(samples) == 0:
-            return samples
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{unfinished(samples)} calls were never counted as handled")
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def rpc(method: str, service: str = ROUTING, kind: str = "unary") -> dict[str, str]:
@@ -292,8 +249,6 @@ async def test_upstream_refusals_alert_on_the_outcomes_complete_records(
     """A token that expired (401) or a 429 storm fails Complete with caller-side codes (FailedPrecondition,
     ResourceExhausted) that DuoRoutingCompleteErrors leaves out: their own alerts match the outcome values a real
     Complete records, and every outcome the rules name is one the sidecar can record."""
-    from tests.test_docs import code_error_reasons
-
     rules = (REPO / "docs" / "alerts.rules.yml").read_text()
     named: set[str] = set()
     for values in re.findall(r'outcome=~?"([^"]+)"', rules):

@@ -3,44 +3,21 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
-from gitlab.duo.routing.v1 import admin_pb2, routing_pb2, types_pb2
+from gitlab.duo.routing.v1 import admin_pb2, types_pb2
 from sidecar.policy import DEFAULT_NAMESPACE_REQUIRED_MESSAGE
-from tests.conftest import Sidecar, StartServer
+from tests.conftest import StartServer
 from tests.helpers import REPO, error_details
+from tests.model_selection import pin, resolve, seats
 
 pytestmark = pytest.mark.asyncio
 
 CHAT_DEFAULT = "claude_sonnet_4_20250514_vertex"
-
-
-async def resolve(sidecar: Sidecar, user: int, feature: str, namespace: int = 0) -> routing_pb2.ResolveModelResponse:
-    request = routing_pb2.ResolveModelRequest(user_id=user, feature=feature, root_namespace_id=namespace)
-    response: routing_pb2.ResolveModelResponse = await sidecar.routing.ResolveModel(request)
-    return response
-
-
-async def seats(sidecar: Sidecar, *pairs: tuple[int, int], assigned: bool = True) -> None:
-    async def batches() -> AsyncIterator[admin_pb2.SyncSeatAssignmentsRequest]:
-        yield admin_pb2.SyncSeatAssignmentsRequest(
-            assignments=[admin_pb2.SeatAssignment(user_id=u, namespace_id=n, assigned=assigned) for u, n in pairs]
-        )
-
-    await sidecar.admin.SyncSeatAssignments(batches())
-
-
-async def pin(sidecar: Sidecar, namespace: int, feature: str, model: str) -> None:
-    await sidecar.admin.UpdateNamespaceModelSelection(
-        admin_pb2.UpdateNamespaceModelSelectionRequest(
-            namespace_id=namespace, feature=feature, offered_model_ref=model
-        ),
-        metadata=sidecar.actor("owner@example.com"),
-    )
 
 
 async def test_namespace_owner_on_gitlab_com_sets_model_per_feature(start_server: StartServer) -> None:
@@ -207,3 +184,29 @@ async def test_pinned_model_that_left_the_catalog_falls_back_after_restart(
     )
     chat = next(s for s in listed.model_selections if s.feature == "duo_chat")
     assert (chat.offered_model_ref, chat.pinned_model_unavailable) == ("gpt_5", True)
+
+
+# -- the same scenarios on PostgreSQL --------------------------------------------------------------------------
+
+Scenario = Callable[[StartServer, Path], Awaitable[None]]
+
+SCENARIOS: dict[str, Scenario] = {
+    "namespace_pins": lambda start, _: test_namespace_owner_on_gitlab_com_sets_model_per_feature(start),
+    "instance_pins_dedicated": lambda start, _: test_instance_owner_sets_model_per_feature(start, "dedicated"),
+    "instance_pins_self_managed": lambda start, _: test_instance_owner_sets_model_per_feature(start, "self_managed"),
+    "sole_seat": lambda start, _: test_no_context_request_routes_through_the_sole_seat(start),
+    "multi_seat_prompt": lambda start, _: test_multi_seat_user_is_prompted_and_told_where_to_set_a_default(start),
+    "default_namespace": lambda start, _: test_default_namespace_routes_every_no_context_request(start),
+    "stale_default": lambda start, _: test_default_namespace_requires_a_seat_and_goes_stale_when_the_seat_is_lost(
+        start
+    ),
+    "changes_apply_at_once": lambda start, _: test_changes_apply_at_once_without_flags_or_grace_period(start),
+    "pin_left_catalog_after_restart": test_pinned_model_that_left_the_catalog_falls_back_after_restart,
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
+async def test_model_selection_on_postgres(
+    scenario: Scenario, start_postgres_server: StartServer, tmp_path: Path
+) -> None:
+    await scenario(start_postgres_server, tmp_path)

@@ -1,49 +1,18 @@
-"""Model Selection over gRPC with PostgreSQL storage: the scenarios of test_model_selection.py, run unchanged on a
-sidecar whose store is a fresh PostgreSQL database, plus restarts onto the same database."""
+"""Model Selection over gRPC with PostgreSQL storage: restarts onto the same database. (The scenarios of
+test_model_selection.py run unchanged on PostgreSQL there, in test_model_selection_on_postgres.)"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from google.protobuf import field_mask_pb2
 
 from gitlab.duo.routing.v1 import admin_pb2, types_pb2
-from tests import test_model_selection as scenarios
 from tests.conftest import StartServer
-from tests.test_model_selection import pin, resolve, seats
+from tests.model_selection import pin, resolve, seats
 
 pytestmark = pytest.mark.asyncio
-
-Scenario = Callable[[StartServer, Path], Awaitable[None]]
-
-SCENARIOS: dict[str, Scenario] = {
-    "namespace_pins": lambda start, _: scenarios.test_namespace_owner_on_gitlab_com_sets_model_per_feature(start),
-    "instance_pins_dedicated": lambda start, _: scenarios.test_instance_owner_sets_model_per_feature(
-        start, "dedicated"
-    ),
-    "instance_pins_self_managed": lambda start, _: scenarios.test_instance_owner_sets_model_per_feature(
-        start, "self_managed"
-    ),
-    "sole_seat": lambda start, _: scenarios.test_no_context_request_routes_through_the_sole_seat(start),
-    "multi_seat_prompt": lambda start, _: scenarios.test_multi_seat_user_is_prompted_and_told_where_to_set_a_default(
-        start
-    ),
-    "default_namespace": lambda start, _: scenarios.test_default_namespace_routes_every_no_context_request(start),
-    "stale_default": lambda start, _: (
-        scenarios.test_default_namespace_requires_a_seat_and_goes_stale_when_the_seat_is_lost(start)
-    ),
-    "changes_apply_at_once": lambda start, _: scenarios.test_changes_apply_at_once_without_flags_or_grace_period(start),
-    "pin_left_catalog_after_restart": scenarios.test_pinned_model_that_left_the_catalog_falls_back_after_restart,
-}
-
-
-@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
-async def test_model_selection_on_postgres(
-    scenario: Scenario, start_postgres_server: StartServer, tmp_path: Path
-) -> None:
-    await scenario(start_postgres_server, tmp_path)
 
 
 async def test_gitlab_com_changes_survive_a_restart_on_the_same_database(

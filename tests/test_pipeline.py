@@ -24,8 +24,8 @@ from sidecar.store.migrations import LATEST_VERSION
 from sidecar.tokens import Keyring
 from sidecar.users import UserRouting
 from tests.conftest import Backend
+from tests.fleet import Client, config_for, fresh_postgres, model_of, wait_for
 from tests.helpers import error_details, run_sidecar
-from tests.test_fleet import Client, config_for, fresh_postgres, model_of, wait_for
 
 SEATS = Change(ChangeKind.SEAT_ASSIGNMENTS)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -14,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc, types_pb2
 from sidecar.store.migrations import LATEST_VERSION
 from tests.conftest import StartServer, StartSidecar
-from tests.helpers import BIN, free_port, write_config
+from tests.helpers import free_port, run_cli, write_config
 
 
 def stubs(address: str) -> tuple[grpc.Channel, routing_pb2_grpc.RoutingServiceStub, admin_pb2_grpc.AdminServiceStub]:
@@ -116,12 +115,6 @@ async def test_shutdown_reports_not_serving_before_closing(start_server: StartSe
     second = await asyncio.wait_for(watch.read(), timeout=5)
     assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
     await stopping
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "duo-sidecar"), *args], capture_output=True, text=True, cwd=cwd, timeout=60, check=False
-    )
 
 
 def test_check_config_names_the_file_and_the_key(tmp_path: Path) -> None:

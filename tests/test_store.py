@@ -29,8 +29,7 @@ from sidecar.store.postgres import NOTIFY_CHANNEL, PostgresStore
 from sidecar.tokens import EncryptedToken
 from sidecar.users import UserRouting
 from tests.conftest import Backend
-from tests.helpers import free_port
-from tests.test_server_process import run_cli
+from tests.helpers import free_port, run_cli
 
 pytestmark = pytest.mark.asyncio
 
@@ -132,7 +131,7 @@ async def test_self_hosted_model_crud(store: Store) -> None:
             model(name="Renamed", family=ModelFamily.GPT, platform=Platform.AZURE_OPENAI, update_time=later),
             KEEP_TOKEN,
         )
-    assert await store.get_api_token("m1") == TOKEN
+    assert (await store.load_state()).api_tokens == {"m1": TOKEN}
     async with store.transaction() as tx:
         renamed = await tx.get_self_hosted_model("m1")
         assert renamed is not None
@@ -140,13 +139,13 @@ async def test_self_hosted_model_crud(store: Store) -> None:
         assert (renamed.api_token_set, renamed.create_time, renamed.update_time) == (True, first.create_time, later)
         assert await tx.find_self_hosted_model_by_name("Mistral on vLLM") is None
         await tx.put_self_hosted_model(model(name="Renamed"), None)  # None clears the token
-    assert await store.get_api_token("m1") is None
+    assert (await store.load_state()).api_tokens == {}
     async with store.transaction() as tx:
         cleared = await tx.get_self_hosted_model("m1")
         assert cleared is not None and cleared.api_token_set is False
         await tx.delete_self_hosted_model("m1")
         assert await tx.get_self_hosted_model("m1") is None
-    assert await store.get_api_token("m1") is None
+    assert (await store.load_state()).api_tokens == {}
     assert (await store.load_state()).self_hosted_models == []
 
 
@@ -457,9 +456,6 @@ async def test_encrypted_tokens_are_listed_and_replaced(store: Store) -> None:
         for model_id, token in rotated.items():
             await tx.set_encrypted_token(model_id, token)
         assert await tx.encrypted_tokens() == rotated
-    assert await store.get_api_token("m1") == rotated["m1"]
-    assert await store.get_api_token("m3") is None
-    assert await store.get_api_token("missing") is None
     assert (await store.load_state()).api_tokens == rotated
 
 

@@ -158,3 +158,15 @@ def test_a_crashed_worker_is_restarted_with_a_growing_delay(tmp_path: Path) -> N
         assert sidecar.process.wait(timeout=20) == 0
         assert not _alive(third)
         assert not runtime.exists()  # board, sockets and port files removed
+
+
+def test_only_workers_share_a_port(tmp_path: Path) -> None:
+    """SO_REUSEPORT is the supervisor's plumbing, not configuration: a second sidecar on a busy port refuses to start
+    instead of silently sharing it with the first."""
+    port = free_port()
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    with run_sidecar(write_config(tmp_path / "first", "self_managed", port), port):
+        second = write_config(tmp_path / "second", "self_managed", port)
+        code, output = _run(["serve", "--config", str(second)], tmp_path / "second", 30)
+    assert (code, f"cannot listen on 127.0.0.1:{port}" in output) == (2, True), output

@@ -85,13 +85,6 @@ def schema_too_new_message(where: str, found: int, known: int) -> str:
     )
 
 
-# The same statements on both backends; {} is the backend's parameter placeholder (? or $1).
-RECORDED_DEPLOYMENT_TYPE_SQL = "SELECT deployment_type FROM instance_settings WHERE id = 1"
-RECORD_DEPLOYMENT_TYPE_SQL = (
-    "INSERT INTO instance_settings (id, deployment_type) VALUES (1, {}) ON CONFLICT (id) DO NOTHING"
-)
-
-
 def deployment_type_mismatch_message(where: str, recorded: str, configured: str) -> str:
     """Why a sidecar configured for one deployment type refuses a database recorded for another, and what to do."""
 
@@ -232,9 +225,6 @@ class Store(abc.ABC):
         """One write transaction; committed when the block exits normally, rolled back otherwise, and never
         left open, whatever happens to the awaiting task. Raises SchemaTooNewError when a newer sidecar has
         migrated the database since this one opened it: this sidecar must not write to it."""
-
-    @abc.abstractmethod
-    async def get_api_token(self, model_id: str) -> EncryptedToken | None: ...
 
     @abc.abstractmethod
     async def load_user(self, user_id: int) -> UserRouting:

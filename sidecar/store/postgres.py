@@ -24,33 +24,22 @@ from asyncpg.pool import PoolConnectionProxy
 
 from sidecar.domain import (
     AuditEvent,
-    Change,
     ChangeRecord,
-    FeatureProvider,
-    FeatureSetting,
-    ModelFamily,
-    Platform,
     SeatChange,
-    SelfHostedModel,
 )
 from sidecar.store.base import (
-    RECORD_DEPLOYMENT_TYPE_SQL,
-    RECORDED_DEPLOYMENT_TYPE_SQL,
-    KeepToken,
     SchemaTooNewError,
     Store,
     StoredState,
     StoreHead,
     StoreTx,
     StoreUnavailableError,
-    change_columns,
-    change_record,
     despite_cancellation,
     schema_too_new_message,
     seat_effects,
 )
 from sidecar.store.migrations import LATEST_VERSION, MIGRATIONS
-from sidecar.tokens import EncryptedToken
+from sidecar.store.sql import POSTGRES, Session, SqlTx, numbered
 from sidecar.users import UserRouting
 
 log = logging.getLogger(__name__)
@@ -59,23 +48,6 @@ NOTIFY_CHANNEL = "duo_sidecar_changes"
 WATCH_BACKOFF_MIN_SECONDS = 0.2
 WATCH_BACKOFF_MAX_SECONDS = 5.0
 WATCH_HEARTBEAT_SECONDS = 1.0
-_AUDIT_COLUMNS = "id, time, actor, action, resource, before_json, after_json, config_version"
-
-
-def _audit_event(r: asyncpg.Record) -> AuditEvent:
-    return AuditEvent(
-        id=int(r[0]),
-        time=r[1],
-        actor=r[2],
-        action=r[3],
-        resource=r[4],
-        before_json=r[5],
-        after_json=r[6],
-        config_version=int(r[7]),
-    )
-
-
-"""Every committed change sends NOTIFY on this channel with the new config version as its payload."""
 
 MIGRATION_LOCK_KEY = 0x6475_6F5F_6D69_6772  # "duo_migr": pg_advisory_xact_lock key held while migrating
 
@@ -176,9 +148,8 @@ class _BoundedConnection(_BaseConnection):
 
 _Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"  # generic in the stubs only
 
-_MODEL_COLUMNS = (
-    "id, name, family, platform, endpoint, identifier, api_token_ciphertext IS NOT NULL, create_time, update_time"
-)
+# The first statement of every write transaction: the config_version row lock that serializes writers.
+_HEAD_FOR_UPDATE = POSTGRES.head + " FOR UPDATE"
 
 
 def redact_dsn(dsn: str) -> str:
@@ -197,147 +168,42 @@ def redact_dsn(dsn: str) -> str:
     return urlunsplit((url.scheme, netloc, url.path, query, url.fragment))
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+class _Postgres(Session):
+    """A connection running the shared statements (sidecar.store.sql): `$n` placeholders, TIMESTAMPTZ."""
 
+    sql = POSTGRES
 
-def _model(row: asyncpg.Record) -> SelfHostedModel:
-    return SelfHostedModel(
-        id=row[0],
-        name=row[1],
-        family=ModelFamily[row[2].upper()],
-        platform=Platform[row[3].upper()],
-        endpoint=row[4],
-        identifier=row[5],
-        api_token_set=bool(row[6]),
-        create_time=row[7],
-        update_time=row[8],
-    )
-
-
-def _setting(feature: str, provider: str, model_id: str | None) -> FeatureSetting:
-    return FeatureSetting(feature, FeatureProvider[provider.upper()], model_id or "")
-
-
-class PostgresTx(StoreTx):
     def __init__(self, db: _Connection) -> None:
         self._db = db
 
-    async def get_self_hosted_model(self, model_id: str) -> SelfHostedModel | None:
-        row = await self._db.fetchrow(f"SELECT {_MODEL_COLUMNS} FROM self_hosted_models WHERE id = $1", model_id)
-        return _model(row) if row else None
+    async def rows(self, sql: str, *params: object) -> Sequence[asyncpg.Record]:
+        return await self._db.fetch(sql, *params)
 
-    async def find_self_hosted_model_by_name(self, name: str) -> SelfHostedModel | None:
-        row = await self._db.fetchrow(f"SELECT {_MODEL_COLUMNS} FROM self_hosted_models WHERE name = $1", name)
-        return _model(row) if row else None
+    async def row(self, sql: str, *params: object) -> asyncpg.Record | None:
+        return await self._db.fetchrow(sql, *params)
 
-    async def put_self_hosted_model(self, model: SelfHostedModel, token: EncryptedToken | KeepToken | None) -> None:
-        await self._db.execute(
-            """
-            INSERT INTO self_hosted_models
-                (id, name, family, platform, endpoint, identifier, create_time, update_time)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-            ON CONFLICT (id) DO UPDATE SET
-                name = excluded.name, family = excluded.family, platform = excluded.platform,
-                endpoint = excluded.endpoint, identifier = excluded.identifier,
-                update_time = excluded.update_time
-            """,
-            model.id,
-            model.name,
-            model.family.gitlab_name,
-            model.platform.name.lower(),
-            model.endpoint,
-            model.identifier,
-            model.create_time,
-            model.update_time,
-        )
-        if not isinstance(token, KeepToken):
-            await self._db.execute(
-                "UPDATE self_hosted_models SET api_token_key_id = $1, api_token_ciphertext = $2 WHERE id = $3",
-                token.key_id if token else None,
-                token.ciphertext if token else None,
-                model.id,
-            )
+    async def run(self, sql: str, *params: object) -> None:
+        await self._db.execute(sql, *params)
 
-    async def delete_self_hosted_model(self, model_id: str) -> None:
-        await self._db.execute("DELETE FROM self_hosted_models WHERE id = $1", model_id)
+    @staticmethod
+    def dialect(sql: str) -> str:
+        return numbered(sql)
 
-    async def features_using_model(self, model_id: str) -> list[str]:
-        rows = await self._db.fetch(
-            'SELECT feature FROM feature_settings WHERE self_hosted_model_id = $1 ORDER BY feature COLLATE "C"',
-            model_id,
-        )
-        return [row[0] for row in rows]
+    @staticmethod
+    def stamp(time: datetime) -> datetime:
+        return time  # TIMESTAMPTZ
 
-    async def get_feature_setting(self, feature: str) -> FeatureSetting | None:
-        row = await self._db.fetchrow(
-            "SELECT provider, self_hosted_model_id FROM feature_settings WHERE feature = $1", feature
-        )
-        return _setting(feature, row[0], row[1]) if row else None
 
-    async def put_feature_setting(self, setting: FeatureSetting) -> None:
-        await self._db.execute(
-            """
-            INSERT INTO feature_settings (feature, provider, self_hosted_model_id, update_time)
-            VALUES ($1, $2, $3, $4)
-            ON CONFLICT (feature) DO UPDATE SET provider = excluded.provider,
-                self_hosted_model_id = excluded.self_hosted_model_id, update_time = excluded.update_time
-            """,
-            setting.feature,
-            setting.provider.name.lower(),
-            setting.self_hosted_model_id or None,
-            _now(),
+class PostgresTx(_Postgres, SqlTx):
+    async def _next_version(self) -> int:
+        # The row lock (already held since the transaction began) serializes versions across every sidecar.
+        return int(
+            await self._db.fetchval("UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version")
         )
 
-    async def get_instance_pin(self, feature: str) -> str | None:
-        value: str | None = await self._db.fetchval(
-            "SELECT offered_model_ref FROM instance_model_selections WHERE feature = $1", feature
-        )
-        return value
-
-    async def set_instance_pin(self, feature: str, ref: str | None) -> None:
-        if ref:
-            await self._db.execute(
-                """
-                INSERT INTO instance_model_selections (feature, offered_model_ref, update_time) VALUES ($1, $2, $3)
-                ON CONFLICT (feature) DO UPDATE SET offered_model_ref = excluded.offered_model_ref,
-                    update_time = excluded.update_time
-                """,
-                feature,
-                ref,
-                _now(),
-            )
-        else:
-            await self._db.execute("DELETE FROM instance_model_selections WHERE feature = $1", feature)
-
-    async def get_namespace_pin(self, namespace_id: int, feature: str) -> str | None:
-        value: str | None = await self._db.fetchval(
-            "SELECT offered_model_ref FROM namespace_model_selections WHERE namespace_id = $1 AND feature = $2",
-            namespace_id,
-            feature,
-        )
-        return value
-
-    async def set_namespace_pin(self, namespace_id: int, feature: str, ref: str | None) -> None:
-        if ref:
-            await self._db.execute(
-                """
-                INSERT INTO namespace_model_selections (namespace_id, feature, offered_model_ref, update_time)
-                VALUES ($1, $2, $3, $4)
-                ON CONFLICT (namespace_id, feature) DO UPDATE SET
-                    offered_model_ref = excluded.offered_model_ref, update_time = excluded.update_time
-                """,
-                namespace_id,
-                feature,
-                ref,
-                _now(),
-            )
-        else:
-            await self._db.execute(
-                "DELETE FROM namespace_model_selections WHERE namespace_id = $1 AND feature = $2",
-                namespace_id,
-                feature,
-            )
+    async def _announce(self, version: int) -> None:
+        # Delivered when (and only if) the transaction commits; several in one transaction: the listener sees each.
+        await self._db.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(version))
 
     async def apply_seat_changes(self, changes: Sequence[SeatChange]) -> list[SeatChange]:
         users = sorted({c.user_id for c in changes})
@@ -366,73 +232,6 @@ class PostgresTx(StoreTx):
             )
         return effective
 
-    async def user_has_seat(self, user_id: int, namespace_id: int) -> bool:
-        row = await self._db.fetchrow(
-            "SELECT 1 FROM seat_assignments WHERE user_id = $1 AND namespace_id = $2", user_id, namespace_id
-        )
-        return row is not None
-
-    async def get_default_namespace(self, user_id: int) -> int:
-        value: int | None = await self._db.fetchval(
-            "SELECT namespace_id FROM user_default_namespaces WHERE user_id = $1", user_id
-        )
-        return int(value) if value is not None else 0
-
-    async def set_default_namespace(self, user_id: int, namespace_id: int) -> None:
-        if namespace_id:
-            await self._db.execute(
-                """
-                INSERT INTO user_default_namespaces (user_id, namespace_id, update_time) VALUES ($1, $2, $3)
-                ON CONFLICT (user_id) DO UPDATE SET namespace_id = excluded.namespace_id,
-                    update_time = excluded.update_time
-                """,
-                user_id,
-                namespace_id,
-                _now(),
-            )
-        else:
-            await self._db.execute("DELETE FROM user_default_namespaces WHERE user_id = $1", user_id)
-
-    async def encrypted_tokens(self) -> dict[str, EncryptedToken]:
-        return await _encrypted_tokens(self._db)
-
-    async def set_encrypted_token(self, model_id: str, token: EncryptedToken) -> None:
-        await self._db.execute(
-            "UPDATE self_hosted_models SET api_token_key_id = $1, api_token_ciphertext = $2 WHERE id = $3",
-            token.key_id,
-            token.ciphertext,
-            model_id,
-        )
-
-    async def record_change(
-        self, actor: str, action: str, resource: str, before_json: str, after_json: str, change: Change
-    ) -> int:
-        # The row lock (already held since the transaction began) serializes versions across every sidecar.
-        version = int(
-            await self._db.fetchval("UPDATE config_version SET version = version + 1 WHERE id = 1 RETURNING version")
-        )
-        await self._db.execute(
-            "INSERT INTO config_changes (version, kind, keys_json, user_ids_json) VALUES ($1, $2, $3, $4)",
-            version,
-            *change_columns(change),
-        )
-        await self._db.execute(
-            """
-            INSERT INTO audit_events (time, actor, action, resource, before_json, after_json, config_version)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
-            """,
-            _now(),
-            actor,
-            action,
-            resource,
-            before_json,
-            after_json,
-            version,
-        )
-        # Delivered when (and only if) the transaction commits; several in one transaction: the listener sees each.
-        await self._db.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(version))
-        return version
-
 
 async def _rollback(db: _Connection) -> None:
     try:
@@ -441,24 +240,6 @@ async def _rollback(db: _Connection) -> None:
         return
     if open_transaction:
         await db.execute("ROLLBACK")
-
-
-async def _changes_since(db: _Connection, version: int, limit: int) -> list[ChangeRecord]:
-    rows = await db.fetch(
-        "SELECT version, kind, keys_json, user_ids_json FROM config_changes WHERE version > $1 "
-        "ORDER BY version LIMIT $2",
-        version,
-        limit,
-    )
-    return [change_record(*r) for r in rows]
-
-
-async def _encrypted_tokens(db: _Connection) -> dict[str, EncryptedToken]:
-    rows = await db.fetch(
-        "SELECT id, api_token_key_id, api_token_ciphertext FROM self_hosted_models "
-        "WHERE api_token_ciphertext IS NOT NULL"
-    )
-    return {r[0]: EncryptedToken(r[1], bytes(r[2])) for r in rows}
 
 
 class PostgresStore(Store):
@@ -510,19 +291,14 @@ class PostgresStore(Store):
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
             )
-            current = int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
+            current = int(await db.fetchval(POSTGRES.schema_version))
             if current > LATEST_VERSION:
                 raise SchemaTooNewError(schema_too_new_message(self.where, current, LATEST_VERSION))
             for migration in MIGRATIONS:
                 if migration.version <= current:
                     continue
                 await db.execute(migration.postgres)  # several statements: the simple query protocol runs them all
-                await db.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    _now(),
-                )
+                await db.execute(POSTGRES.insert_migration, migration.version, migration.name, datetime.now(UTC))
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -552,29 +328,23 @@ class PostgresStore(Store):
 
     async def schema_version(self) -> int:
         async with self._acquire() as db:
-            return int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations"))
+            return await _Postgres(db).schema_version()
 
     async def config_version(self) -> int:
         return (await self.head()).config_version
 
     async def head(self) -> StoreHead:
         async with self._acquire() as db:
-            row = await db.fetchrow(
-                "SELECT version, (SELECT COALESCE(MAX(version), 0) FROM schema_migrations) "
-                "FROM config_version WHERE id = 1"
-            )
-        return StoreHead(int(row[0]), int(row[1])) if row else StoreHead(0, 0)
+            return await _Postgres(db).head()
 
     async def deployment_type(self) -> str | None:
         async with self._acquire() as db:
-            value = await db.fetchval(RECORDED_DEPLOYMENT_TYPE_SQL)
-        return None if value is None else str(value)
+            return await _Postgres(db).deployment_type()
 
     async def claim_deployment_type(self, deployment_type: str) -> str:
         async with self._acquire() as db:
             # One statement, atomic: of sidecars starting together, one inserts and the others keep its row.
-            await db.execute(RECORD_DEPLOYMENT_TYPE_SQL.format("$1"), deployment_type)
-            return str(await db.fetchval(RECORDED_DEPLOYMENT_TYPE_SQL))
+            return str(await _Postgres(db).claim_deployment_type(deployment_type))
 
     async def probe(self) -> None:
         """A round trip through the pool: raises when the database is unreachable or the store is closed, within
@@ -584,28 +354,7 @@ class PostgresStore(Store):
     async def load_state(self, changes_after: int | None = None, changes_limit: int = 0) -> StoredState:
         async with self._acquire() as db, db.transaction(isolation="repeatable_read", readonly=True):
             # One snapshot of every table.
-            state = StoredState(
-                config_version=int(await db.fetchval("SELECT version FROM config_version WHERE id = 1"))
-            )
-            state.self_hosted_models = [
-                _model(r) for r in await db.fetch(f"SELECT {_MODEL_COLUMNS} FROM self_hosted_models")
-            ]
-            state.feature_settings = [
-                _setting(r[0], r[1], r[2])
-                for r in await db.fetch("SELECT feature, provider, self_hosted_model_id FROM feature_settings")
-            ]
-            state.instance_pins = {
-                r[0]: r[1] for r in await db.fetch("SELECT feature, offered_model_ref FROM instance_model_selections")
-            }
-            state.namespace_pins = [
-                (int(r[0]), r[1], r[2])
-                for r in await db.fetch(
-                    "SELECT namespace_id, feature, offered_model_ref FROM namespace_model_selections"
-                )
-            ]
-            state.api_tokens = await _encrypted_tokens(db)
-            if changes_after is not None:
-                state.changes = await _changes_since(db, changes_after, changes_limit)
+            state = await _Postgres(db).state(changes_after, changes_limit)
         return state
 
     @asynccontextmanager
@@ -617,10 +366,7 @@ class PostgresStore(Store):
                 await db.execute("BEGIN")
                 # Writers queue here, as on SQLite's single writer: what this transaction reads before its writes
                 # is not changed by another sidecar until it commits, and versions are handed out in commit order.
-                row = await db.fetchrow(
-                    "SELECT version, (SELECT COALESCE(MAX(version), 0) FROM schema_migrations) "
-                    "FROM config_version WHERE id = 1 FOR UPDATE"
-                )
+                row = await db.fetchrow(_HEAD_FOR_UPDATE)
                 if row is not None and int(row[1]) > LATEST_VERSION:
                     raise SchemaTooNewError(schema_too_new_message(self.where, int(row[1]), LATEST_VERSION))
                 yield PostgresTx(db)
@@ -631,47 +377,17 @@ class PostgresStore(Store):
 
     async def load_user(self, user_id: int) -> UserRouting:
         async with self._acquire() as db:
-            rows = await db.fetch(
-                "SELECT namespace_id, false FROM seat_assignments WHERE user_id = $1 "
-                "UNION ALL SELECT namespace_id, true FROM user_default_namespaces WHERE user_id = $1",
-                user_id,
-            )
-        seats = frozenset(int(r[0]) for r in rows if not r[1])
-        return UserRouting(seats, next((int(r[0]) for r in rows if r[1]), 0))
-
-    async def get_api_token(self, model_id: str) -> EncryptedToken | None:
-        async with self._acquire() as db:
-            row = await db.fetchrow(
-                "SELECT api_token_key_id, api_token_ciphertext FROM self_hosted_models WHERE id = $1", model_id
-            )
-        if row is None or row[1] is None:
-            return None
-        return EncryptedToken(row[0], bytes(row[1]))
+            return await _Postgres(db).load_user(user_id)
 
     async def list_seat_assignments(
         self, user_id: int, namespace_id: int, after: tuple[int, int] | None, limit: int
     ) -> list[tuple[int, int]]:
-        where = ["(user_id, namespace_id) > ($1, $2)"]
-        params: list[object] = list(after or (0, 0))
-        if user_id:
-            params.append(user_id)
-            where.append(f"user_id = ${len(params)}")
-        if namespace_id:
-            params.append(namespace_id)
-            where.append(f"namespace_id = ${len(params)}")
-        params.append(limit)
-        sql = (
-            "SELECT user_id, namespace_id FROM seat_assignments WHERE "
-            + " AND ".join(where)
-            + f" ORDER BY user_id, namespace_id LIMIT ${len(params)}"
-        )
         async with self._acquire() as db:
-            rows = await db.fetch(sql, *params)
-        return [(int(r[0]), int(r[1])) for r in rows]
+            return await _Postgres(db).list_seat_assignments(user_id, namespace_id, after, limit)
 
     async def changes_since(self, version: int, limit: int) -> list[ChangeRecord]:
         async with self._acquire() as db:
-            return await _changes_since(db, version, limit)
+            return await _Postgres(db).changes_since(version, limit)
 
     async def watch(self, on_change: Callable[[], None]) -> None:
         """LISTENs on a dedicated connection; reconnects with backoff and signals after every reconnect,
@@ -726,16 +442,5 @@ class PostgresStore(Store):
                 connection.terminate()
 
     async def list_audit_events(self, resource_prefix: str, before_id: int | None, limit: int) -> list[AuditEvent]:
-        where = ["id < $1"]
-        params: list[object] = [before_id if before_id is not None else 2**63 - 1]
-        if resource_prefix:
-            params.append(resource_prefix)
-            where.append(f"starts_with(resource, ${len(params)})")
-        params.append(limit)
-        sql = (
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE "
-            + " AND ".join(where)
-            + f" ORDER BY id DESC LIMIT ${len(params)}"
-        )
         async with self._acquire() as db:
-            return [_audit_event(r) for r in await db.fetch(sql, *params)]
+            return await _Postgres(db).list_audit_events(resource_prefix, before_id, limit)

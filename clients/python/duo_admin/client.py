@@ -3,8 +3,11 @@
 Every call carries a deadline (``timeout`` seconds) and the ``x-duo-actor`` metadata the sidecar records in
 its audit log. Failures raise :class:`DuoAdminError` with the decoded ``google.rpc`` details.
 
-Authentication is not implemented yet: callers that need TLS pass ``credentials``; per-call auth (HMAC
-bearer tokens) will be added in :meth:`_SidecarClient._call_metadata`, the one place that builds metadata.
+Authentication: given a ``secret`` (see :func:`load_secret`), every call carries a fresh HMAC bearer token signed
+with it (:meth:`_SidecarClient._call_metadata`, the one place that builds metadata); TLS and mutual TLS come from
+``credentials`` (see :func:`tls_credentials`).
+
+The client loads none of the server: it needs grpc, protobuf, the generated code and ``duo_common``.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from duo_common.errors import FieldViolation, PreconditionViolation
+from duo_common.tokens import sign_token
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
-from sidecar.auth import sign_token
-from sidecar.errors import FieldViolation, PreconditionViolation
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_SECONDS = 10.0
