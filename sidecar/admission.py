@@ -8,7 +8,7 @@ admin RPCs stay reachable while routing is saturated. A refused call is not dese
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,30 +63,22 @@ class _Refused:
 REFUSED = _Refused()
 
 
-class AdmissionInterceptor(grpc.aio.ServerInterceptor):
+class Admission:
+    """Wraps each method handler once, at registration (no per-call interceptor hop on the hot path)."""
+
     def __init__(self, capacities: Mapping[str, int], on_refused: Callable[[str], None]) -> None:
         self.limits = {name: Limit(name, capacity) for name, capacity in capacities.items()}
         self._on_refused = on_refused
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
         self.shutting_down = False
 
     def refuse_new_calls(self) -> None:
         """From now on every new call (but health) is refused with UNAVAILABLE: the sidecar is shutting down."""
         self.shutting_down = True
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]], details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = await continuation(details)
-        name = limit_name(details.method)
-        if handler is None or name is None:
-            return handler
-        cached = self._wrapped.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, self.limits[name])
-        self._wrapped[details.method] = (handler, wrapped)
-        return wrapped
+    def wrap(self, method: str, handler: Any) -> Any:
+        """The method's handler, admitted under its limit (unlimited methods unchanged)."""
+        name = limit_name(method)
+        return handler if name is None else self._wrap(handler, self.limits[name])
 
     def _refusal(self, limit: Limit) -> DuoError:
         if self.shutting_down:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -159,23 +160,34 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     expected = type(default)
     if isinstance(value, str) and expected is not str:
         try:
+            if not value.isascii():  # int() and float() read the digits of every script (Arabic-Indic "50" too)
+                raise ValueError(value)
             if expected is bool:
                 if value.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(value)
                 return value.lower() in ("true", "1")
-            return expected(value)
+            converted = expected(value)
         except ValueError:
             raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}") from None
+        return _finite(converted, where)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, float):
+        return _finite(value, where)
     if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {expected.__name__}, got {value!r}")
     return value
 
 
+def _finite(value: Any, where: str) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return value
+
+
 def _host_port(value: str, where: str) -> None:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{where}: expected HOST:PORT (such as 127.0.0.1:50051), got {value!r}")
     host = host.strip("[]")
     if host not in ("localhost", "0.0.0.0", "::") and not host.replace(".", "").replace("-", "").isalnum():

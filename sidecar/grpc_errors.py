@@ -244,14 +244,15 @@ def add_guarded_servicer(
     add_to_server: Callable[[Any, Any], None],
     servicer: Any,
     max_request_bytes: Callable[[str], int],
+    admit: Callable[[str, Any], Any] = lambda _method, handler: handler,
 ) -> None:
     """Registers a servicer like the generated add_*_to_server, with every handler guarded by _guard;
-    max_request_bytes gives each method path its size limit."""
+    max_request_bytes gives each method path its size limit, `admit` wraps it in its admission limit."""
     registration = _Registration()
     add_to_server(servicer, registration)
-    guarded = {
-        name: _guard(handler, max_request_bytes(f"/{registration.service}/{name}"))
-        for name, handler in registration.handlers.items()
-    }
+    guarded = {}
+    for name, handler in registration.handlers.items():
+        path = f"/{registration.service}/{name}"
+        guarded[name] = _guard(admit(path, handler), max_request_bytes(path))
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(registration.service, guarded),))
     server.add_registered_method_handlers(registration.service, guarded)

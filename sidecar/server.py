@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
-from sidecar.admission import AdmissionInterceptor, max_request_bytes
+from sidecar.admission import Admission, max_request_bytes
 from sidecar.auth import AuthInterceptor, Secrets
 from sidecar.catalog import Catalog
 from sidecar.catalog_refresh import CatalogRefresher, startup_catalog
@@ -129,7 +129,7 @@ class Sidecar:
         self.follower: ChangeFollower | None = None
         self.board: WorkerBoard | None = None
         self.completer: Completer | None = None
-        self.admission: AdmissionInterceptor | None = None
+        self.admission: Admission | None = None
         self._refresh_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._follow_tasks: list[asyncio.Task[None]] = []
@@ -209,7 +209,7 @@ class Sidecar:
             on_failure=self.metrics.auth_failure,
         )
         server_config = self.config.server
-        self.admission = AdmissionInterceptor(
+        self.admission = Admission(
             {
                 "routing": server_config.max_concurrent_routing_calls,
                 "complete": server_config.max_concurrent_complete_calls,
@@ -222,12 +222,12 @@ class Sidecar:
         server = grpc.aio.server(
             # grpc.aio runs interceptors in list order, the first outermost. Authentication first: nothing else
             # sees a call that is refused, so refused calls are not in grpc_server_* but in
-            # duo_routing_auth_failures_total (on_failure above). Then metrics and the access log, then
-            # admission: calls refused for overload or shutdown are counted and logged like any other.
+            # duo_routing_auth_failures_total (on_failure above). Then metrics and the access log. Admission wraps
+            # the handlers at registration, inside them: calls refused for overload or shutdown are counted and
+            # logged like any other.
             interceptors=[
                 *([self.auth] if self.auth.secrets.enabled else []),
                 GrpcMetricsInterceptor(self.metrics),
-                self.admission,
             ],
             options=[
                 # No SO_REUSEPORT unless this is one of several workers (sidecar.workers): a second sidecar on a
@@ -249,12 +249,14 @@ class Sidecar:
             routing_pb2_grpc.add_RoutingServiceServicer_to_server,
             RoutingServicer(state, self.completer, self.metrics, self.config.log.log_prompts),
             request_limit,
+            self.admission.wrap,
         )
         add_guarded_servicer(
             server,
             admin_pb2_grpc.add_AdminServiceServicer_to_server,
             AdminServicer(AdminCommands(self.pipeline, endpoints), self.refresher, self.store.backend_name),
             request_limit,
+            self.admission.wrap,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(

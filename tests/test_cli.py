@@ -204,7 +204,7 @@ def test_json_output_and_input_errors(start_sidecar: StartSidecar) -> None:
     assert "reason: WRONG_DEPLOYMENT_TYPE" in wrong_deployment.splitlines()
 
     # Usage errors: exit 2, before anything is sent.
-    assert "invalid int value" in admin.run("resolve", "--user", "abc", "--feature", "x", expect=2).stderr
+    assert "expected an id" in admin.run("resolve", "--user", "abc", "--feature", "x", expect=2).stderr
     assert "USER_ID:NAMESPACE_ID" in admin.run("seats", "sync", "--assign", "42", expect=2).stderr
     admin.run("models", "create", "--name", "x", expect=2)
     admin.run("models", expect=2)
@@ -313,6 +313,10 @@ def test_local_problems_are_one_line_before_anything_is_sent(tmp_path: Path) -> 
         (("--address", "127.0.0.1:99999"), ("port from 1 to 65535",)),  # gRPC: wraps around
     ]:
         _one_line_error(admin.run(*args, "server-info", expect=2), *expected)
+    # Ids the API cannot carry (int64) or written in another script: protobuf would raise out of range.
+    for args in (("user-status", "--user", "99999999999999999999"), ("seats", "sync", "--assign", "1:\u0665")):
+        refused = admin.run(*args, expect=2)  # argparse's usage line, then its error line
+        assert "Traceback" not in refused.stderr and "expected" in refused.stderr.splitlines()[-1], refused.stderr
 
     # The admin guide tells everyone to export DUO_ADMIN_SECRET_FILE.
     result = subprocess.run(

@@ -47,6 +47,11 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ("not toml at all [", {}, "not valid TOML"),
         ("", {"DUO_SIDECAR_SERVER_LISTEN": "x"}, "environment DUO_SIDECAR_SERVER_LISTEN: expected HOST:PORT"),
         ("", {"DUO_SIDECAR_SERVER_PORT": "1"}, "environment DUO_SIDECAR_SERVER_PORT: unknown key"),
+        # Digits of other scripts, and numbers that are not numbers: a clear error, not a traceback or a NaN bound.
+        ("[server]\nlisten = '127.0.0.1:\u00b2'\n", {}, "[server] listen: expected HOST:PORT"),
+        ("[server]\ngrace_period_seconds = nan\n", {}, "[server] grace_period_seconds: expected a finite number"),
+        ("", {"DUO_SIDECAR_STORAGE_TIMEOUT_SECONDS": "inf"}, "expected a finite number"),
+        ("", {"DUO_SIDECAR_SERVER_WORKERS": "\u0662"}, "DUO_SIDECAR_SERVER_WORKERS: expected int"),
     ],
 )
 def test_errors_name_where_the_problem_is(tmp_path: Path, toml: str, env: dict[str, str], message: str) -> None:

@@ -232,13 +232,32 @@ def _actor(text: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+INT64_MAX = 2**63 - 1
+
+
+def _id_value(text: str) -> int:
+    """A GitLab id as the API carries it (int64), written in ASCII digits; ValueError otherwise."""
+    text = text.strip()
+    digits = text[1:] if text.startswith("-") else text
+    if not (digits.isascii() and digits.isdigit()) or not -INT64_MAX - 1 <= int(text) <= INT64_MAX:
+        raise ValueError(f"expected an id (a whole number up to {INT64_MAX}), got {text[:40]!r}")
+    return int(text)
+
+
+def _id(text: str) -> int:
+    try:
+        return _id_value(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _seat(text: str) -> tuple[int, int]:
     """USER:NAMESPACE, both GitLab ids."""
     user, _, namespace = text.partition(":")
     try:
-        return int(user), int(namespace)
+        return _id_value(user), _id_value(namespace)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected USER_ID:NAMESPACE_ID, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected USER_ID:NAMESPACE_ID, got {text[:80]!r}") from None
 
 
 def _read_text(path: str, what: str) -> str:
@@ -278,7 +297,9 @@ def _read_seat_file(path: str) -> list[admin_pb2.SeatAssignment]:
             if len(row) != 3:
                 raise ValueError(f"expected 3 columns (user_id,namespace_id,assigned), got {len(row)}")
             changes.append(
-                admin_pb2.SeatAssignment(user_id=int(row[0]), namespace_id=int(row[1]), assigned=_parse_bool(row[2]))
+                admin_pb2.SeatAssignment(
+                    user_id=_id_value(row[0]), namespace_id=_id_value(row[1]), assigned=_parse_bool(row[2])
+                )
             )
         except ValueError as error:
             raise UsageError(f"{path} line {line_number}: {error}") from None
@@ -643,18 +664,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add("server-info", "describe the sidecar: version, deployment type, catalog and config", _server_info)
 
     resolve = commands.add("resolve", "show which model serves a request (ResolveModel)", _resolve)
-    resolve.add_argument("--user", type=int, required=True, help="GitLab user id")
+    resolve.add_argument("--user", type=_id, required=True, help="GitLab user id")
     resolve.add_argument("--feature", required=True, help="feature_setting name, such as duo_chat")
     resolve.add_argument(
-        "--namespace", type=int, default=0, help="root namespace the request is about (default: 0, no context)"
+        "--namespace", type=_id, default=0, help="root namespace the request is about (default: 0, no context)"
     )
 
     complete = commands.add(
         "complete", "stream a completion from the model the request routes to (Complete)", _complete
     )
-    complete.add_argument("--user", type=int, required=True, help="GitLab user id")
+    complete.add_argument("--user", type=_id, required=True, help="GitLab user id")
     complete.add_argument("--feature", required=True, help="feature_setting name, such as duo_chat")
-    complete.add_argument("--namespace", type=int, default=0, help="root namespace the request is about (default: 0)")
+    complete.add_argument("--namespace", type=_id, default=0, help="root namespace the request is about (default: 0)")
     complete.add_argument("--message", help="the user message (default: read from stdin)")
     complete.add_argument("--system", help="a system message sent before it")
     complete.add_argument("--max-tokens", type=_non_negative_int, default=0, help="upper bound on generated tokens")
@@ -711,9 +732,9 @@ def build_parser() -> argparse.ArgumentParser:
         "namespace model commands",
     )
     namespace_list = namespace.add("list", "list a namespace's model for every feature", _namespace_models_list)
-    namespace_list.add_argument("--namespace", type=int, required=True, help="top-level namespace id")
+    namespace_list.add_argument("--namespace", type=_id, required=True, help="top-level namespace id")
     namespace_set = namespace.add("set", "pin a model for a feature in a namespace", _namespace_models_set)
-    namespace_set.add_argument("--namespace", type=int, required=True, help="top-level namespace id")
+    namespace_set.add_argument("--namespace", type=_id, required=True, help="top-level namespace id")
     namespace_set.add_argument("--feature", required=True, help="feature_setting name")
     _add_model_reference(namespace_set)
 
@@ -737,8 +758,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--file", metavar="CSV", help="rows user_id,namespace_id,assigned (true/false), optional header; '-': stdin"
     )
     seats_list = seats.add("list", "list assigned seats", _seats_list)
-    seats_list.add_argument("--user", type=int, default=0, help="only this user's seats")
-    seats_list.add_argument("--namespace", type=int, default=0, help="only this namespace's seats")
+    seats_list.add_argument("--user", type=_id, default=0, help="only this user's seats")
+    seats_list.add_argument("--namespace", type=_id, default=0, help="only this namespace's seats")
     seats_list.add_argument("--limit", type=_non_negative_int, default=0, help="at most N seats (default: 0, all)")
 
     defaults = _Commands(
@@ -748,14 +769,14 @@ def build_parser() -> argparse.ArgumentParser:
     default_set = defaults.add(
         "set", "set a user's default namespace (they must hold a seat there)", _default_namespace_set
     )
-    default_set.add_argument("--user", type=int, required=True, help="GitLab user id")
-    default_set.add_argument("--namespace", type=int, required=True, help="namespace id")
+    default_set.add_argument("--user", type=_id, required=True, help="GitLab user id")
+    default_set.add_argument("--namespace", type=_id, required=True, help="namespace id")
     defaults.add("clear", "clear a user's default namespace", _default_namespace_clear).add_argument(
-        "--user", type=int, required=True, help="GitLab user id"
+        "--user", type=_id, required=True, help="GitLab user id"
     )
 
     status = commands.add("user-status", "explain how a user's no-context requests are routed", _user_status)
-    status.add_argument("--user", type=int, required=True, help="GitLab user id")
+    status.add_argument("--user", type=_id, required=True, help="GitLab user id")
 
     audit = commands.add("audit", "list admin changes, newest first", _audit)
     audit.add_argument("--resource-prefix", default="", help="only resources starting with this, e.g. namespaces/42/")
