@@ -23,7 +23,8 @@ import aiohttp
 import grpc
 
 from bench.run import running
-from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc, types_pb2
+from bench.seed import route_to_upstream
+from gitlab.duo.routing.v1 import routing_pb2, routing_pb2_grpc
 from tests.helpers import BIN, REPO, free_port, wait_serving, write_config
 
 CHUNKS = 20
@@ -138,27 +139,7 @@ def main() -> int:
             config = write_config(workdir, "self_managed", port, '[log]\nlevel = "warning"\n')
             command = [str(BIN / "duo-sidecar"), "serve", "--config", str(config)]
             with running(command, port, workdir / "sidecar.log", lambda s: wait_serving(s.address)) as sidecar:
-                with grpc.insecure_channel(sidecar.address) as channel:
-                    admin = admin_pb2_grpc.AdminServiceStub(channel)
-                    model = admin.CreateSelfHostedModel(
-                        admin_pb2.CreateSelfHostedModelRequest(
-                            self_hosted_model=admin_pb2.SelfHostedModel(
-                                name="bench vLLM",
-                                family=types_pb2.MODEL_FAMILY_MISTRAL,
-                                platform=types_pb2.PLATFORM_OPENAI_COMPATIBLE,
-                                endpoint=f"{upstream_url}/v1",
-                                identifier="custom_openai/bench",
-                                api_token="bench-token",
-                            )
-                        )
-                    ).self_hosted_model
-                    admin.UpdateFeatureSetting(
-                        admin_pb2.UpdateFeatureSettingRequest(
-                            feature="duo_chat",
-                            provider=admin_pb2.FEATURE_PROVIDER_SELF_HOSTED,
-                            self_hosted_model_id=model.id,
-                        )
-                    )
+                route_to_upstream(sidecar.address, upstream_url)
                 report = asyncio.run(measure(upstream_url, sidecar.address, sidecar.process.pid))
         finally:
             upstream.send_signal(signal.SIGTERM)

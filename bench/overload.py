@@ -56,9 +56,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.complete import CHUNKS, MESSAGES
 from bench.run import METHOD, Server, cpu_seconds, pinned, running
-from bench.seed import SCENARIOS, seed_admin
+from bench.seed import SCENARIOS, route_to_upstream, seed_admin
 from duo_common.tokens import sign_token
-from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc, types_pb2
+from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from sidecar.config import ServerConfig, load_config
 from sidecar.metrics import GRPC_CODE_NAMES
 from tests.helpers import BIN, REPO, free_port, wait_serving, write_config
@@ -670,31 +670,6 @@ def mock_upstream(cpus: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def route_to_upstream(address: str, upstream_url: str) -> None:
-    """duo_chat to a self-hosted model at the mock upstream, as tests/test_complete.py's self_hosted does."""
-    with grpc.insecure_channel(address) as channel:
-        admin = admin_pb2_grpc.AdminServiceStub(channel)
-        model = admin.CreateSelfHostedModel(
-            admin_pb2.CreateSelfHostedModelRequest(
-                self_hosted_model=admin_pb2.SelfHostedModel(
-                    name="overload vLLM",
-                    family=types_pb2.MODEL_FAMILY_MISTRAL,
-                    platform=types_pb2.PLATFORM_OPENAI_COMPATIBLE,
-                    endpoint=f"{upstream_url}/v1",
-                    identifier="custom_openai/overload",
-                    api_token="overload-token",
-                )
-            ),
-            timeout=30,
-        ).self_hosted_model
-        admin.UpdateFeatureSetting(
-            admin_pb2.UpdateFeatureSettingRequest(
-                feature="duo_chat", provider=admin_pb2.FEATURE_PROVIDER_SELF_HOSTED, self_hosted_model_id=model.id
-            ),
-            timeout=30,
-        )
 
 
 def completions(workdir: Path, settings: Settings) -> CompleteRun:

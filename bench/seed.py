@@ -111,3 +111,28 @@ def seed_large(database: Path) -> float:
     if (seats, pins) != (LARGE_SEATS, LARGE_PINS):
         raise RuntimeError(f"large seed wrote {seats} seats and {pins} pins")
     return time.monotonic() - started
+
+
+def route_to_upstream(address: str, upstream_url: str) -> None:
+    """Routes duo_chat to a self-hosted model at the mock upstream (as tests/completion.py's self_hosted does)."""
+    with grpc.insecure_channel(address) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        model = admin.CreateSelfHostedModel(
+            admin_pb2.CreateSelfHostedModelRequest(
+                self_hosted_model=admin_pb2.SelfHostedModel(
+                    name="bench vLLM",
+                    family=types_pb2.MODEL_FAMILY_MISTRAL,
+                    platform=types_pb2.PLATFORM_OPENAI_COMPATIBLE,
+                    endpoint=f"{upstream_url}/v1",
+                    identifier="custom_openai/bench",
+                    api_token="bench-token",
+                )
+            ),
+            timeout=30,
+        ).self_hosted_model
+        admin.UpdateFeatureSetting(
+            admin_pb2.UpdateFeatureSettingRequest(
+                feature="duo_chat", provider=admin_pb2.FEATURE_PROVIDER_SELF_HOSTED, self_hosted_model_id=model.id
+            ),
+            timeout=30,
+        )

@@ -8,12 +8,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from tests.helpers import SidecarProcess, free_port
 from tests.postgres import admin_dsn, fresh_database
+from tests.tcp_proxy import TcpProxy
 
 
 class Client:
@@ -94,3 +96,10 @@ def fresh_postgres() -> Iterator[str]:
             loop.run_until_complete(database.__aexit__(None, None, None))
     finally:
         loop.close()
+
+
+def through(proxy: TcpProxy, dsn: str) -> str:
+    """The DSN with the proxy in place of the database server's address."""
+    url = urlsplit(dsn)
+    user = f"{url.username}@" if url.username else ""
+    return urlunsplit((url.scheme, f"{user}127.0.0.1:{proxy.port}", url.path, url.query, url.fragment))

@@ -7,12 +7,12 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
 
-from tests.fleet import Client, config_for, fresh_postgres, model_of, wait_for
+from tests.fleet import Client, config_for, fresh_postgres, model_of, through, wait_for
 from tests.helpers import free_port, run_sidecar
 from tests.tcp_proxy import TcpProxy
 
@@ -64,18 +64,12 @@ def test_two_sidecar_processes_on_one_sqlite_file(tmp_path: Path) -> None:
         check_propagation(first, second)
 
 
-def _through(proxy: TcpProxy, dsn: str) -> str:
-    url = urlsplit(dsn)
-    user = f"{url.username}@" if url.username else ""
-    return urlunsplit((url.scheme, f"{user}127.0.0.1:{proxy.port}", url.path, url.query, url.fragment))
-
-
 def test_sidecar_cut_off_from_postgres_serves_its_snapshot_and_catches_up(tmp_path: Path) -> None:
     with fresh_postgres() as dsn:
         target = urlsplit(dsn)
         with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
             direct = f'[storage]\nbackend = "postgres"\ndsn = "{dsn}"'
-            proxied = f'[storage]\nbackend = "postgres"\ndsn = "{_through(proxy, dsn)}"'
+            proxied = f'[storage]\nbackend = "postgres"\ndsn = "{through(proxy, dsn)}"'
             with sidecars([direct, proxied], tmp_path) as (first, second):
                 first.seats((1, 10))
                 first.pin(10, "gpt_5")
@@ -142,7 +136,7 @@ def test_health_during_a_postgres_outage_keeps_routing_in_service(tmp_path: Path
     with fresh_postgres() as dsn:
         target = urlsplit(dsn)
         with TcpProxy(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
-            storage = f'[storage]\nbackend = "postgres"\ndsn = "{_through(proxy, dsn)}"\nprobe_interval_seconds = 0.2'
+            storage = f'[storage]\nbackend = "postgres"\ndsn = "{through(proxy, dsn)}"\nprobe_interval_seconds = 0.2'
             with sidecars([storage], tmp_path) as (client,):
                 health = health_pb2_grpc.HealthStub(client.channel)
 

@@ -5,7 +5,6 @@ and the sidecar catches up once the network heals."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
@@ -14,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -23,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from sidecar.config import ConfigError, load_config
+from tests.fleet import fresh_postgres, through, wait_for
 from tests.helpers import SidecarProcess, free_port, run_sidecar
-from tests.postgres import admin_dsn, fresh_database
 from tests.tcp_proxy import TcpProxy
 
 BOUND = 2.0  # storage.timeout_seconds of the sidecar under test
@@ -110,16 +109,6 @@ def timed(call: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.monotonic() - start
 
 
-def wait_for(condition: Callable[[], bool], seconds: float) -> float:
-    """Seconds until the condition held; fails after `seconds`."""
-    start = time.monotonic()
-    while time.monotonic() - start < seconds:
-        if condition():
-            return time.monotonic() - start
-        time.sleep(0.02)
-    raise AssertionError(f"not within {seconds} s")
-
-
 @contextmanager
 def node(directory: Path, storage: str, key_file: Path) -> Iterator[Node]:
     """A gitlab_com sidecar process with the given [storage] lines."""
@@ -146,27 +135,6 @@ token_key_file = "{key_file}"
             yield client
         finally:
             client.channel.close()
-
-
-@contextmanager
-def fresh_postgres() -> Iterator[str]:
-    """A fresh database for blocking tests (sidecar processes, blocking gRPC calls)."""
-    database = fresh_database(admin_dsn())
-    loop = asyncio.new_event_loop()  # one loop for both halves: a second one would finalize the first half
-    try:
-        dsn = loop.run_until_complete(database.__aenter__())
-        try:
-            yield dsn
-        finally:
-            loop.run_until_complete(database.__aexit__(None, None, None))
-    finally:
-        loop.close()
-
-
-def through(proxy: TcpProxy, dsn: str) -> str:
-    url = urlsplit(dsn)
-    user = f"{url.username}@" if url.username else ""
-    return urlunsplit((url.scheme, f"{user}127.0.0.1:{proxy.port}", url.path, url.query, url.fragment))
 
 
 def test_the_bound_is_configured_checked_and_overridable() -> None:
