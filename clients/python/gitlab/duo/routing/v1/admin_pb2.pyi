@@ -150,20 +150,22 @@ class TestSelfHostedModelResponse(_message.Message):
     def __init__(self, success: _Optional[bool] = ..., latency_ms: _Optional[float] = ..., http_status: _Optional[int] = ..., error_message: _Optional[str] = ..., sample_output: _Optional[str] = ...) -> None: ...
 
 class FeatureSetting(_message.Message):
-    __slots__ = ("feature", "title", "provider", "self_hosted_model_id", "compatible_families", "explicitly_set")
+    __slots__ = ("feature", "title", "provider", "self_hosted_model_id", "compatible_families", "explicitly_set", "no_model_configured")
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     SELF_HOSTED_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     COMPATIBLE_FAMILIES_FIELD_NUMBER: _ClassVar[int]
     EXPLICITLY_SET_FIELD_NUMBER: _ClassVar[int]
+    NO_MODEL_CONFIGURED_FIELD_NUMBER: _ClassVar[int]
     feature: str
     title: str
     provider: FeatureProvider
     self_hosted_model_id: str
     compatible_families: _containers.RepeatedScalarFieldContainer[_types_pb2.ModelFamily]
     explicitly_set: bool
-    def __init__(self, feature: _Optional[str] = ..., title: _Optional[str] = ..., provider: _Optional[_Union[FeatureProvider, str]] = ..., self_hosted_model_id: _Optional[str] = ..., compatible_families: _Optional[_Iterable[_Union[_types_pb2.ModelFamily, str]]] = ..., explicitly_set: _Optional[bool] = ...) -> None: ...
+    no_model_configured: bool
+    def __init__(self, feature: _Optional[str] = ..., title: _Optional[str] = ..., provider: _Optional[_Union[FeatureProvider, str]] = ..., self_hosted_model_id: _Optional[str] = ..., compatible_families: _Optional[_Iterable[_Union[_types_pb2.ModelFamily, str]]] = ..., explicitly_set: _Optional[bool] = ..., no_model_configured: _Optional[bool] = ...) -> None: ...
 
 class UpdateFeatureSettingRequest(_message.Message):
     __slots__ = ("feature", "provider", "self_hosted_model_id")
@@ -200,7 +202,7 @@ class ListFeatureSettingsResponse(_message.Message):
     def __init__(self, feature_settings: _Optional[_Iterable[_Union[FeatureSetting, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ModelSelection(_message.Message):
-    __slots__ = ("feature", "title", "offered_model_ref", "effective_model_identifier", "effective_model_name", "default_model_identifier", "pinned_model_unavailable", "namespace_id", "explicitly_set")
+    __slots__ = ("feature", "title", "offered_model_ref", "effective_model_identifier", "effective_model_name", "default_model_identifier", "pinned_model_unavailable", "namespace_id", "explicitly_set", "allowlist", "pinned_model_deprecated", "deprecation_removal_version", "user_selectable", "hard_pin", "pinned_model_unreachable")
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     OFFERED_MODEL_REF_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +212,12 @@ class ModelSelection(_message.Message):
     PINNED_MODEL_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_ID_FIELD_NUMBER: _ClassVar[int]
     EXPLICITLY_SET_FIELD_NUMBER: _ClassVar[int]
+    ALLOWLIST_FIELD_NUMBER: _ClassVar[int]
+    PINNED_MODEL_DEPRECATED_FIELD_NUMBER: _ClassVar[int]
+    DEPRECATION_REMOVAL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    USER_SELECTABLE_FIELD_NUMBER: _ClassVar[int]
+    HARD_PIN_FIELD_NUMBER: _ClassVar[int]
+    PINNED_MODEL_UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
     feature: str
     title: str
     offered_model_ref: str
@@ -219,23 +227,131 @@ class ModelSelection(_message.Message):
     pinned_model_unavailable: bool
     namespace_id: int
     explicitly_set: bool
-    def __init__(self, feature: _Optional[str] = ..., title: _Optional[str] = ..., offered_model_ref: _Optional[str] = ..., effective_model_identifier: _Optional[str] = ..., effective_model_name: _Optional[str] = ..., default_model_identifier: _Optional[str] = ..., pinned_model_unavailable: _Optional[bool] = ..., namespace_id: _Optional[int] = ..., explicitly_set: _Optional[bool] = ...) -> None: ...
+    allowlist: ModelAllowlist
+    pinned_model_deprecated: bool
+    deprecation_removal_version: str
+    user_selectable: bool
+    hard_pin: bool
+    pinned_model_unreachable: bool
+    def __init__(self, feature: _Optional[str] = ..., title: _Optional[str] = ..., offered_model_ref: _Optional[str] = ..., effective_model_identifier: _Optional[str] = ..., effective_model_name: _Optional[str] = ..., default_model_identifier: _Optional[str] = ..., pinned_model_unavailable: _Optional[bool] = ..., namespace_id: _Optional[int] = ..., explicitly_set: _Optional[bool] = ..., allowlist: _Optional[_Union[ModelAllowlist, _Mapping]] = ..., pinned_model_deprecated: _Optional[bool] = ..., deprecation_removal_version: _Optional[str] = ..., user_selectable: _Optional[bool] = ..., hard_pin: _Optional[bool] = ..., pinned_model_unreachable: _Optional[bool] = ...) -> None: ...
 
-class UpdateInstanceModelSelectionRequest(_message.Message):
-    __slots__ = ("feature", "offered_model_ref")
+class ModelAllowlist(_message.Message):
+    __slots__ = ("enabled", "model_refs", "allowed_model_identifiers", "stale_model_refs")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REFS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODEL_IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
+    STALE_MODEL_REFS_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    model_refs: _containers.RepeatedScalarFieldContainer[str]
+    allowed_model_identifiers: _containers.RepeatedScalarFieldContainer[str]
+    stale_model_refs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, enabled: _Optional[bool] = ..., model_refs: _Optional[_Iterable[str]] = ..., allowed_model_identifiers: _Optional[_Iterable[str]] = ..., stale_model_refs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DroppedModelRef(_message.Message):
+    __slots__ = ("model_ref", "reason", "message")
+    MODEL_REF_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    model_ref: str
+    reason: str
+    message: str
+    def __init__(self, model_ref: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class UpdateNamespaceModelAllowlistRequest(_message.Message):
+    __slots__ = ("namespace_id", "feature", "enabled", "model_refs")
+    NAMESPACE_ID_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
-    OFFERED_MODEL_REF_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REFS_FIELD_NUMBER: _ClassVar[int]
+    namespace_id: int
     feature: str
-    offered_model_ref: str
-    def __init__(self, feature: _Optional[str] = ..., offered_model_ref: _Optional[str] = ...) -> None: ...
+    enabled: bool
+    model_refs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, namespace_id: _Optional[int] = ..., feature: _Optional[str] = ..., enabled: _Optional[bool] = ..., model_refs: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class UpdateInstanceModelSelectionResponse(_message.Message):
-    __slots__ = ("model_selection", "config_version")
+class UpdateNamespaceModelAllowlistResponse(_message.Message):
+    __slots__ = ("model_selection", "dropped_model_refs", "config_version")
     MODEL_SELECTION_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_MODEL_REFS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_selection: ModelSelection
+    dropped_model_refs: _containers.RepeatedCompositeFieldContainer[DroppedModelRef]
     config_version: str
-    def __init__(self, model_selection: _Optional[_Union[ModelSelection, _Mapping]] = ..., config_version: _Optional[str] = ...) -> None: ...
+    def __init__(self, model_selection: _Optional[_Union[ModelSelection, _Mapping]] = ..., dropped_model_refs: _Optional[_Iterable[_Union[DroppedModelRef, _Mapping]]] = ..., config_version: _Optional[str] = ...) -> None: ...
+
+class UpdateInstanceModelAllowlistRequest(_message.Message):
+    __slots__ = ("feature", "enabled", "model_refs")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REFS_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    enabled: bool
+    model_refs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, feature: _Optional[str] = ..., enabled: _Optional[bool] = ..., model_refs: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UpdateInstanceModelAllowlistResponse(_message.Message):
+    __slots__ = ("model_selection", "dropped_model_refs", "config_version")
+    MODEL_SELECTION_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_MODEL_REFS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_selection: ModelSelection
+    dropped_model_refs: _containers.RepeatedCompositeFieldContainer[DroppedModelRef]
+    config_version: str
+    def __init__(self, model_selection: _Optional[_Union[ModelSelection, _Mapping]] = ..., dropped_model_refs: _Optional[_Iterable[_Union[DroppedModelRef, _Mapping]]] = ..., config_version: _Optional[str] = ...) -> None: ...
+
+class SkippedSubFeature(_message.Message):
+    __slots__ = ("feature", "reason", "message")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    reason: str
+    message: str
+    def __init__(self, feature: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class SelectionImpact(_message.Message):
+    __slots__ = ("features", "model_before", "model_after", "no_context_users_changed", "users_newly_requiring_default_namespace", "seat_holders")
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_AFTER_FIELD_NUMBER: _ClassVar[int]
+    NO_CONTEXT_USERS_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    USERS_NEWLY_REQUIRING_DEFAULT_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    SEAT_HOLDERS_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.RepeatedScalarFieldContainer[str]
+    model_before: str
+    model_after: str
+    no_context_users_changed: int
+    users_newly_requiring_default_namespace: int
+    seat_holders: int
+    def __init__(self, features: _Optional[_Iterable[str]] = ..., model_before: _Optional[str] = ..., model_after: _Optional[str] = ..., no_context_users_changed: _Optional[int] = ..., users_newly_requiring_default_namespace: _Optional[int] = ..., seat_holders: _Optional[int] = ...) -> None: ...
+
+class UpdateInstanceModelSelectionRequest(_message.Message):
+    __slots__ = ("feature", "offered_model_ref", "validate_only", "apply_to_sub_features")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    OFFERED_MODEL_REF_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    APPLY_TO_SUB_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    offered_model_ref: str
+    validate_only: bool
+    apply_to_sub_features: bool
+    def __init__(self, feature: _Optional[str] = ..., offered_model_ref: _Optional[str] = ..., validate_only: _Optional[bool] = ..., apply_to_sub_features: _Optional[bool] = ...) -> None: ...
+
+class UpdateInstanceModelSelectionResponse(_message.Message):
+    __slots__ = ("model_selection", "config_version", "sub_feature_selections", "skipped_sub_features", "impact", "validate_only")
+    MODEL_SELECTION_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUB_FEATURE_SELECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_SUB_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    IMPACT_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    model_selection: ModelSelection
+    config_version: str
+    sub_feature_selections: _containers.RepeatedCompositeFieldContainer[ModelSelection]
+    skipped_sub_features: _containers.RepeatedCompositeFieldContainer[SkippedSubFeature]
+    impact: SelectionImpact
+    validate_only: bool
+    def __init__(self, model_selection: _Optional[_Union[ModelSelection, _Mapping]] = ..., config_version: _Optional[str] = ..., sub_feature_selections: _Optional[_Iterable[_Union[ModelSelection, _Mapping]]] = ..., skipped_sub_features: _Optional[_Iterable[_Union[SkippedSubFeature, _Mapping]]] = ..., impact: _Optional[_Union[SelectionImpact, _Mapping]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class ListInstanceModelSelectionsRequest(_message.Message):
     __slots__ = ("page_size", "page_token")
@@ -254,22 +370,34 @@ class ListInstanceModelSelectionsResponse(_message.Message):
     def __init__(self, model_selections: _Optional[_Iterable[_Union[ModelSelection, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class UpdateNamespaceModelSelectionRequest(_message.Message):
-    __slots__ = ("namespace_id", "feature", "offered_model_ref")
+    __slots__ = ("namespace_id", "feature", "offered_model_ref", "validate_only", "apply_to_sub_features")
     NAMESPACE_ID_FIELD_NUMBER: _ClassVar[int]
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     OFFERED_MODEL_REF_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    APPLY_TO_SUB_FEATURES_FIELD_NUMBER: _ClassVar[int]
     namespace_id: int
     feature: str
     offered_model_ref: str
-    def __init__(self, namespace_id: _Optional[int] = ..., feature: _Optional[str] = ..., offered_model_ref: _Optional[str] = ...) -> None: ...
+    validate_only: bool
+    apply_to_sub_features: bool
+    def __init__(self, namespace_id: _Optional[int] = ..., feature: _Optional[str] = ..., offered_model_ref: _Optional[str] = ..., validate_only: _Optional[bool] = ..., apply_to_sub_features: _Optional[bool] = ...) -> None: ...
 
 class UpdateNamespaceModelSelectionResponse(_message.Message):
-    __slots__ = ("model_selection", "config_version")
+    __slots__ = ("model_selection", "config_version", "sub_feature_selections", "skipped_sub_features", "impact", "validate_only")
     MODEL_SELECTION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUB_FEATURE_SELECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_SUB_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    IMPACT_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
     model_selection: ModelSelection
     config_version: str
-    def __init__(self, model_selection: _Optional[_Union[ModelSelection, _Mapping]] = ..., config_version: _Optional[str] = ...) -> None: ...
+    sub_feature_selections: _containers.RepeatedCompositeFieldContainer[ModelSelection]
+    skipped_sub_features: _containers.RepeatedCompositeFieldContainer[SkippedSubFeature]
+    impact: SelectionImpact
+    validate_only: bool
+    def __init__(self, model_selection: _Optional[_Union[ModelSelection, _Mapping]] = ..., config_version: _Optional[str] = ..., sub_feature_selections: _Optional[_Iterable[_Union[ModelSelection, _Mapping]]] = ..., skipped_sub_features: _Optional[_Iterable[_Union[SkippedSubFeature, _Mapping]]] = ..., impact: _Optional[_Union[SelectionImpact, _Mapping]] = ..., validate_only: _Optional[bool] = ...) -> None: ...
 
 class ListNamespaceModelSelectionsRequest(_message.Message):
     __slots__ = ("namespace_id", "page_size", "page_token")
@@ -290,17 +418,32 @@ class ListNamespaceModelSelectionsResponse(_message.Message):
     def __init__(self, model_selections: _Optional[_Iterable[_Union[ModelSelection, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CatalogModel(_message.Message):
-    __slots__ = ("identifier", "name", "provider")
+    __slots__ = ("identifier", "name", "provider", "cost_indicator", "deprecation_date", "removal_version", "max_context_tokens")
     IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    COST_INDICATOR_FIELD_NUMBER: _ClassVar[int]
+    DEPRECATION_DATE_FIELD_NUMBER: _ClassVar[int]
+    REMOVAL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     identifier: str
     name: str
     provider: str
-    def __init__(self, identifier: _Optional[str] = ..., name: _Optional[str] = ..., provider: _Optional[str] = ...) -> None: ...
+    cost_indicator: str
+    deprecation_date: str
+    removal_version: str
+    max_context_tokens: int
+    def __init__(self, identifier: _Optional[str] = ..., name: _Optional[str] = ..., provider: _Optional[str] = ..., cost_indicator: _Optional[str] = ..., deprecation_date: _Optional[str] = ..., removal_version: _Optional[str] = ..., max_context_tokens: _Optional[int] = ...) -> None: ...
 
 class SelectableModels(_message.Message):
-    __slots__ = ("feature", "title", "default_model", "selectable_models", "beta_models", "compatible_families", "parent_feature", "unit_primitives")
+    __slots__ = ("feature", "title", "default_model", "selectable_models", "beta_models", "compatible_families", "parent_feature", "unit_primitives", "default_model_group", "default_models", "deprecated_models", "user_selectable", "team_only_models", "models_for_tags")
+    class ModelsForTagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -309,6 +452,12 @@ class SelectableModels(_message.Message):
     COMPATIBLE_FAMILIES_FIELD_NUMBER: _ClassVar[int]
     PARENT_FEATURE_FIELD_NUMBER: _ClassVar[int]
     UNIT_PRIMITIVES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_GROUP_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEPRECATED_MODELS_FIELD_NUMBER: _ClassVar[int]
+    USER_SELECTABLE_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ONLY_MODELS_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FOR_TAGS_FIELD_NUMBER: _ClassVar[int]
     feature: str
     title: str
     default_model: CatalogModel
@@ -317,7 +466,13 @@ class SelectableModels(_message.Message):
     compatible_families: _containers.RepeatedScalarFieldContainer[_types_pb2.ModelFamily]
     parent_feature: str
     unit_primitives: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, feature: _Optional[str] = ..., title: _Optional[str] = ..., default_model: _Optional[_Union[CatalogModel, _Mapping]] = ..., selectable_models: _Optional[_Iterable[_Union[CatalogModel, _Mapping]]] = ..., beta_models: _Optional[_Iterable[_Union[CatalogModel, _Mapping]]] = ..., compatible_families: _Optional[_Iterable[_Union[_types_pb2.ModelFamily, str]]] = ..., parent_feature: _Optional[str] = ..., unit_primitives: _Optional[_Iterable[str]] = ...) -> None: ...
+    default_model_group: str
+    default_models: _containers.RepeatedCompositeFieldContainer[CatalogModel]
+    deprecated_models: _containers.RepeatedCompositeFieldContainer[CatalogModel]
+    user_selectable: bool
+    team_only_models: _containers.RepeatedCompositeFieldContainer[CatalogModel]
+    models_for_tags: _containers.ScalarMap[str, str]
+    def __init__(self, feature: _Optional[str] = ..., title: _Optional[str] = ..., default_model: _Optional[_Union[CatalogModel, _Mapping]] = ..., selectable_models: _Optional[_Iterable[_Union[CatalogModel, _Mapping]]] = ..., beta_models: _Optional[_Iterable[_Union[CatalogModel, _Mapping]]] = ..., compatible_families: _Optional[_Iterable[_Union[_types_pb2.ModelFamily, str]]] = ..., parent_feature: _Optional[str] = ..., unit_primitives: _Optional[_Iterable[str]] = ..., default_model_group: _Optional[str] = ..., default_models: _Optional[_Iterable[_Union[CatalogModel, _Mapping]]] = ..., deprecated_models: _Optional[_Iterable[_Union[CatalogModel, _Mapping]]] = ..., user_selectable: _Optional[bool] = ..., team_only_models: _Optional[_Iterable[_Union[CatalogModel, _Mapping]]] = ..., models_for_tags: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListSelectableModelsRequest(_message.Message):
     __slots__ = ("feature", "page_size", "page_token")
@@ -418,22 +573,30 @@ class SetUserDefaultNamespaceResponse(_message.Message):
     def __init__(self, default_namespace_id: _Optional[int] = ..., config_version: _Optional[str] = ...) -> None: ...
 
 class GetUserRoutingStatusRequest(_message.Message):
-    __slots__ = ("user_id",)
+    __slots__ = ("user_id", "user_selected_model")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_SELECTED_MODEL_FIELD_NUMBER: _ClassVar[int]
     user_id: int
-    def __init__(self, user_id: _Optional[int] = ...) -> None: ...
+    user_selected_model: str
+    def __init__(self, user_id: _Optional[int] = ..., user_selected_model: _Optional[str] = ...) -> None: ...
 
 class FeatureRoutingStatus(_message.Message):
-    __slots__ = ("feature", "resolution", "error_reason", "error_message")
+    __slots__ = ("feature", "resolution", "error_reason", "error_message", "user_selectable", "user_may_choose", "user_selectable_model_identifiers")
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     ERROR_REASON_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    USER_SELECTABLE_FIELD_NUMBER: _ClassVar[int]
+    USER_MAY_CHOOSE_FIELD_NUMBER: _ClassVar[int]
+    USER_SELECTABLE_MODEL_IDENTIFIERS_FIELD_NUMBER: _ClassVar[int]
     feature: str
     resolution: _routing_pb2.ResolveModelResponse
     error_reason: str
     error_message: str
-    def __init__(self, feature: _Optional[str] = ..., resolution: _Optional[_Union[_routing_pb2.ResolveModelResponse, _Mapping]] = ..., error_reason: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+    user_selectable: bool
+    user_may_choose: bool
+    user_selectable_model_identifiers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, feature: _Optional[str] = ..., resolution: _Optional[_Union[_routing_pb2.ResolveModelResponse, _Mapping]] = ..., error_reason: _Optional[str] = ..., error_message: _Optional[str] = ..., user_selectable: _Optional[bool] = ..., user_may_choose: _Optional[bool] = ..., user_selectable_model_identifiers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetUserRoutingStatusResponse(_message.Message):
     __slots__ = ("user_id", "seat_namespace_ids", "explicit_default_namespace_id", "explicit_default_valid", "effective_default_namespace_id", "default_namespace_prompt", "features")
@@ -496,17 +659,21 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "deployment_type", "catalog_version", "config_version", "storage_backend", "start_time")
+    __slots__ = ("version", "deployment_type", "catalog_version", "config_version", "storage_backend", "start_time", "self_hosted_ai_gateway", "offline_license")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     STORAGE_BACKEND_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
+    SELF_HOSTED_AI_GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_LICENSE_FIELD_NUMBER: _ClassVar[int]
     version: str
     deployment_type: DeploymentType
     catalog_version: str
     config_version: str
     storage_backend: str
     start_time: _timestamp_pb2.Timestamp
-    def __init__(self, version: _Optional[str] = ..., deployment_type: _Optional[_Union[DeploymentType, str]] = ..., catalog_version: _Optional[str] = ..., config_version: _Optional[str] = ..., storage_backend: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    self_hosted_ai_gateway: bool
+    offline_license: bool
+    def __init__(self, version: _Optional[str] = ..., deployment_type: _Optional[_Union[DeploymentType, str]] = ..., catalog_version: _Optional[str] = ..., config_version: _Optional[str] = ..., storage_backend: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., self_hosted_ai_gateway: _Optional[bool] = ..., offline_license: _Optional[bool] = ...) -> None: ...

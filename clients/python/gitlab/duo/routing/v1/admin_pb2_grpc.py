@@ -97,6 +97,16 @@ class AdminServiceStub:
                 request_serializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.ListNamespaceModelSelectionsRequest.SerializeToString,
                 response_deserializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.ListNamespaceModelSelectionsResponse.FromString,
                 _registered_method=True)
+        self.UpdateNamespaceModelAllowlist = channel.unary_unary(
+                '/gitlab.duo.routing.v1.AdminService/UpdateNamespaceModelAllowlist',
+                request_serializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.UpdateNamespaceModelAllowlistRequest.SerializeToString,
+                response_deserializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.UpdateNamespaceModelAllowlistResponse.FromString,
+                _registered_method=True)
+        self.UpdateInstanceModelAllowlist = channel.unary_unary(
+                '/gitlab.duo.routing.v1.AdminService/UpdateInstanceModelAllowlist',
+                request_serializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.UpdateInstanceModelAllowlistRequest.SerializeToString,
+                response_deserializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.UpdateInstanceModelAllowlistResponse.FromString,
+                _registered_method=True)
         self.ListSelectableModels = channel.unary_unary(
                 '/gitlab.duo.routing.v1.AdminService/ListSelectableModels',
                 request_serializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.ListSelectableModelsRequest.SerializeToString,
@@ -146,7 +156,7 @@ class AdminServiceServicer:
     """
 
     def CreateSelfHostedModel(self, request, context):
-        """Registers a self-hosted model. Self-Managed only.
+        """Registers a self-hosted model. Dedicated and Self-Managed only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,7 +198,7 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateFeatureSetting(self, request, context):
-        """Assigns a feature to the AI Gateway (vendored), a self-hosted model, or disables it. Self-Managed only.
+        """Assigns a feature to the AI Gateway (vendored), a self-hosted model, or disables it. Dedicated and Self-Managed only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -224,6 +234,20 @@ class AdminServiceServicer:
 
     def ListNamespaceModelSelections(self, request, context):
         """Lists a namespace's selection for every feature.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateNamespaceModelAllowlist(self, request, context):
+        """GitLab.com: turns a namespace's allowlist for a user-selectable feature on or off and sets its models.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateInstanceModelAllowlist(self, request, context):
+        """Dedicated and Self-Managed: the same for the instance.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -347,6 +371,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ListNamespaceModelSelections,
                     request_deserializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.ListNamespaceModelSelectionsRequest.FromString,
                     response_serializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.ListNamespaceModelSelectionsResponse.SerializeToString,
+            ),
+            'UpdateNamespaceModelAllowlist': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateNamespaceModelAllowlist,
+                    request_deserializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.UpdateNamespaceModelAllowlistRequest.FromString,
+                    response_serializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.UpdateNamespaceModelAllowlistResponse.SerializeToString,
+            ),
+            'UpdateInstanceModelAllowlist': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateInstanceModelAllowlist,
+                    request_deserializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.UpdateInstanceModelAllowlistRequest.FromString,
+                    response_serializer=gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.UpdateInstanceModelAllowlistResponse.SerializeToString,
             ),
             'ListSelectableModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSelectableModels,
@@ -716,6 +750,60 @@ class AdminService:
             '/gitlab.duo.routing.v1.AdminService/ListNamespaceModelSelections',
             gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.ListNamespaceModelSelectionsRequest.SerializeToString,
             gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.ListNamespaceModelSelectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateNamespaceModelAllowlist(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gitlab.duo.routing.v1.AdminService/UpdateNamespaceModelAllowlist',
+            gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.UpdateNamespaceModelAllowlistRequest.SerializeToString,
+            gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.UpdateNamespaceModelAllowlistResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateInstanceModelAllowlist(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gitlab.duo.routing.v1.AdminService/UpdateInstanceModelAllowlist',
+            gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.UpdateInstanceModelAllowlistRequest.SerializeToString,
+            gitlab_dot_duo_dot_routing_dot_v1_dot_admin__pb2.UpdateInstanceModelAllowlistResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from gitlab.duo.routing.v1 import types_pb2 as gitlab_dot_duo_dot_routing_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#gitlab/duo/routing/v1/routing.proto\x12\x15gitlab.duo.routing.v1\x1a!gitlab/duo/routing/v1/types.proto\"R\n\x13ResolveModelRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x19\n\x11root_namespace_id\x18\x03 \x01(\x03\"\xab\x04\n\x14ResolveModelResponse\x12\x31\n\x08provider\x18\x01 \x01(\x0e\x32\x1f.gitlab.duo.routing.v1.Provider\x12\x18\n\x10model_identifier\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x16\n\x0egitlab_default\x18\x04 \x01(\x08\x12\x36\n\x06source\x18\x05 \x01(\x0e\x32&.gitlab.duo.routing.v1.SelectionSource\x12\x1e\n\x16governing_namespace_id\x18\x06 \x01(\x03\x12 \n\x18\x64\x65\x66\x61ult_namespace_prompt\x18\x07 \x01(\x08\x12 \n\x18pinned_model_unavailable\x18\x08 \x01(\x08\x12\x16\n\x0e\x63onfig_version\x18\t \x01(\t\x12\x1c\n\x14self_hosted_model_id\x18\n \x01(\t\x12\x44\n\x18self_hosted_model_family\x18\x0b \x01(\x0e\x32\".gitlab.duo.routing.v1.ModelFamily\x12\"\n\x1aself_hosted_model_endpoint\x18\x0c \x01(\t\x12\x43\n\x1aself_hosted_model_platform\x18\r \x01(\x0e\x32\x1f.gitlab.duo.routing.v1.Platform\x12\x19\n\x11\x65\x66\x66\x65\x63tive_feature\x18\x0e \x01(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"l\n\x14GenerationParameters\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x03 \x03(\tB\x0e\n\x0c_temperature\"\xdd\x01\n\x0f\x43ompleteRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x19\n\x11root_namespace_id\x18\x03 \x01(\x03\x12\x34\n\x08messages\x18\x04 \x03(\x0b\x32\".gitlab.duo.routing.v1.ChatMessage\x12?\n\nparameters\x18\x05 \x01(\x0b\x32+.gitlab.duo.routing.v1.GenerationParameters\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"L\n\nTokenUsage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x11\n\testimated\x18\x03 \x01(\x08\"]\n\x12\x43ompletionFinished\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x30\n\x05usage\x18\x02 \x01(\x0b\x32!.gitlab.duo.routing.v1.TokenUsage\"\xcb\x01\n\x10\x43ompleteResponse\x12<\n\x05route\x18\x01 \x01(\x0b\x32+.gitlab.duo.routing.v1.ResolveModelResponseH\x00\x12\x31\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32 .gitlab.duo.routing.v1.TextDeltaH\x00\x12=\n\x08\x66inished\x18\x03 \x01(\x0b\x32).gitlab.duo.routing.v1.CompletionFinishedH\x00\x42\x07\n\x05\x65vent2\xd8\x01\n\x0eRoutingService\x12g\n\x0cResolveModel\x12*.gitlab.duo.routing.v1.ResolveModelRequest\x1a+.gitlab.duo.routing.v1.ResolveModelResponse\x12]\n\x08\x43omplete\x12&.gitlab.duo.routing.v1.CompleteRequest\x1a\'.gitlab.duo.routing.v1.CompleteResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#gitlab/duo/routing/v1/routing.proto\x12\x15gitlab.duo.routing.v1\x1a!gitlab/duo/routing/v1/types.proto\"o\n\x13ResolveModelRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x19\n\x11root_namespace_id\x18\x03 \x01(\x03\x12\x1b\n\x13user_selected_model\x18\x04 \x01(\t\"\xcc\x05\n\x14ResolveModelResponse\x12\x31\n\x08provider\x18\x01 \x01(\x0e\x32\x1f.gitlab.duo.routing.v1.Provider\x12\x18\n\x10model_identifier\x18\x02 \x01(\t\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x16\n\x0egitlab_default\x18\x04 \x01(\x08\x12\x36\n\x06source\x18\x05 \x01(\x0e\x32&.gitlab.duo.routing.v1.SelectionSource\x12\x1e\n\x16governing_namespace_id\x18\x06 \x01(\x03\x12 \n\x18\x64\x65\x66\x61ult_namespace_prompt\x18\x07 \x01(\x08\x12 \n\x18pinned_model_unavailable\x18\x08 \x01(\x08\x12\x16\n\x0e\x63onfig_version\x18\t \x01(\t\x12\x1c\n\x14self_hosted_model_id\x18\n \x01(\t\x12\x44\n\x18self_hosted_model_family\x18\x0b \x01(\x0e\x32\".gitlab.duo.routing.v1.ModelFamily\x12\"\n\x1aself_hosted_model_endpoint\x18\x0c \x01(\t\x12\x43\n\x1aself_hosted_model_platform\x18\r \x01(\x0e\x32\x1f.gitlab.duo.routing.v1.Platform\x12\x19\n\x11\x65\x66\x66\x65\x63tive_feature\x18\x0e \x01(\t\x12<\n\x0euser_selection\x18\x0f \x01(\x0e\x32$.gitlab.duo.routing.v1.UserSelection\x12\x1f\n\x17pinned_model_deprecated\x18\x10 \x01(\x08\x12#\n\x1b\x64\x65precation_removal_version\x18\x11 \x01(\t\x12\x1b\n\x13\x64\x65\x66\x61ult_model_group\x18\x12 \x01(\t\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"l\n\x14GenerationParameters\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0estop_sequences\x18\x03 \x03(\tB\x0e\n\x0c_temperature\"\xfa\x01\n\x0f\x43ompleteRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x19\n\x11root_namespace_id\x18\x03 \x01(\x03\x12\x34\n\x08messages\x18\x04 \x03(\x0b\x32\".gitlab.duo.routing.v1.ChatMessage\x12?\n\nparameters\x18\x05 \x01(\x0b\x32+.gitlab.duo.routing.v1.GenerationParameters\x12\x16\n\x0e\x63orrelation_id\x18\x06 \x01(\t\x12\x1b\n\x13user_selected_model\x18\x07 \x01(\t\"\x19\n\tTextDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"L\n\nTokenUsage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x11\n\testimated\x18\x03 \x01(\x08\"]\n\x12\x43ompletionFinished\x12\x15\n\rfinish_reason\x18\x01 \x01(\t\x12\x30\n\x05usage\x18\x02 \x01(\x0b\x32!.gitlab.duo.routing.v1.TokenUsage\"\xcb\x01\n\x10\x43ompleteResponse\x12<\n\x05route\x18\x01 \x01(\x0b\x32+.gitlab.duo.routing.v1.ResolveModelResponseH\x00\x12\x31\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32 .gitlab.duo.routing.v1.TextDeltaH\x00\x12=\n\x08\x66inished\x18\x03 \x01(\x0b\x32).gitlab.duo.routing.v1.CompletionFinishedH\x00\x42\x07\n\x05\x65vent\"^\n\x1fListUserSelectableModelsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07\x66\x65\x61ture\x18\x02 \x01(\t\x12\x19\n\x11root_namespace_id\x18\x03 \x01(\x03\"a\n\x13UserSelectableModel\x12\x12\n\nidentifier\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x16\n\x0e\x63ost_indicator\x18\x04 \x01(\t\"\xfd\x03\n ListUserSelectableModelsResponse\x12\x0f\n\x07\x66\x65\x61ture\x18\x01 \x01(\t\x12\x41\n\rdefault_model\x18\x02 \x01(\x0b\x32*.gitlab.duo.routing.v1.UserSelectableModel\x12\x45\n\x11selectable_models\x18\x03 \x03(\x0b\x32*.gitlab.duo.routing.v1.UserSelectableModel\x12@\n\x0cpinned_model\x18\x04 \x01(\x0b\x32*.gitlab.duo.routing.v1.UserSelectableModel\x12\x17\n\x0fuser_may_choose\x18\x05 \x01(\x08\x12G\n\x19\x63hoice_unavailable_reason\x18\x06 \x01(\x0e\x32$.gitlab.duo.routing.v1.UserSelection\x12\x1e\n\x16governing_namespace_id\x18\x07 \x01(\x03\x12\x1f\n\x17\x63\x61ndidate_namespace_ids\x18\x08 \x03(\x03\x12$\n\x1c\x64\x65pends_on_default_namespace\x18\t \x01(\x08\x12\x1b\n\x13\x64\x65\x66\x61ult_model_group\x18\n \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x0b \x01(\t2\xe6\x02\n\x0eRoutingService\x12g\n\x0cResolveModel\x12*.gitlab.duo.routing.v1.ResolveModelRequest\x1a+.gitlab.duo.routing.v1.ResolveModelResponse\x12]\n\x08\x43omplete\x12&.gitlab.duo.routing.v1.CompleteRequest\x1a\'.gitlab.duo.routing.v1.CompleteResponse0\x01\x12\x8b\x01\n\x18ListUserSelectableModels\x12\x36.gitlab.duo.routing.v1.ListUserSelectableModelsRequest\x1a\x37.gitlab.duo.routing.v1.ListUserSelectableModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,23 +33,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'gitlab.duo.routing.v1.routi
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RESOLVEMODELREQUEST']._serialized_start=97
-  _globals['_RESOLVEMODELREQUEST']._serialized_end=179
-  _globals['_RESOLVEMODELRESPONSE']._serialized_start=182
-  _globals['_RESOLVEMODELRESPONSE']._serialized_end=737
-  _globals['_CHATMESSAGE']._serialized_start=739
-  _globals['_CHATMESSAGE']._serialized_end=783
-  _globals['_GENERATIONPARAMETERS']._serialized_start=785
-  _globals['_GENERATIONPARAMETERS']._serialized_end=893
-  _globals['_COMPLETEREQUEST']._serialized_start=896
-  _globals['_COMPLETEREQUEST']._serialized_end=1117
-  _globals['_TEXTDELTA']._serialized_start=1119
-  _globals['_TEXTDELTA']._serialized_end=1144
-  _globals['_TOKENUSAGE']._serialized_start=1146
-  _globals['_TOKENUSAGE']._serialized_end=1222
-  _globals['_COMPLETIONFINISHED']._serialized_start=1224
-  _globals['_COMPLETIONFINISHED']._serialized_end=1317
-  _globals['_COMPLETERESPONSE']._serialized_start=1320
-  _globals['_COMPLETERESPONSE']._serialized_end=1523
-  _globals['_ROUTINGSERVICE']._serialized_start=1526
-  _globals['_ROUTINGSERVICE']._serialized_end=1742
+  _globals['_RESOLVEMODELREQUEST']._serialized_end=208
+  _globals['_RESOLVEMODELRESPONSE']._serialized_start=211
+  _globals['_RESOLVEMODELRESPONSE']._serialized_end=927
+  _globals['_CHATMESSAGE']._serialized_start=929
+  _globals['_CHATMESSAGE']._serialized_end=973
+  _globals['_GENERATIONPARAMETERS']._serialized_start=975
+  _globals['_GENERATIONPARAMETERS']._serialized_end=1083
+  _globals['_COMPLETEREQUEST']._serialized_start=1086
+  _globals['_COMPLETEREQUEST']._serialized_end=1336
+  _globals['_TEXTDELTA']._serialized_start=1338
+  _globals['_TEXTDELTA']._serialized_end=1363
+  _globals['_TOKENUSAGE']._serialized_start=1365
+  _globals['_TOKENUSAGE']._serialized_end=1441
+  _globals['_COMPLETIONFINISHED']._serialized_start=1443
+  _globals['_COMPLETIONFINISHED']._serialized_end=1536
+  _globals['_COMPLETERESPONSE']._serialized_start=1539
+  _globals['_COMPLETERESPONSE']._serialized_end=1742
+  _globals['_LISTUSERSELECTABLEMODELSREQUEST']._serialized_start=1744
+  _globals['_LISTUSERSELECTABLEMODELSREQUEST']._serialized_end=1838
+  _globals['_USERSELECTABLEMODEL']._serialized_start=1840
+  _globals['_USERSELECTABLEMODEL']._serialized_end=1937
+  _globals['_LISTUSERSELECTABLEMODELSRESPONSE']._serialized_start=1940
+  _globals['_LISTUSERSELECTABLEMODELSRESPONSE']._serialized_end=2449
+  _globals['_ROUTINGSERVICE']._serialized_start=2452
+  _globals['_ROUTINGSERVICE']._serialized_end=2810
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,11 @@ class RoutingServiceStub:
                 request_serializer=gitlab_dot_duo_dot_routing_dot_v1_dot_routing__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=gitlab_dot_duo_dot_routing_dot_v1_dot_routing__pb2.CompleteResponse.FromString,
                 _registered_method=True)
+        self.ListUserSelectableModels = channel.unary_unary(
+                '/gitlab.duo.routing.v1.RoutingService/ListUserSelectableModels',
+                request_serializer=gitlab_dot_duo_dot_routing_dot_v1_dot_routing__pb2.ListUserSelectableModelsRequest.SerializeToString,
+                response_deserializer=gitlab_dot_duo_dot_routing_dot_v1_dot_routing__pb2.ListUserSelectableModelsResponse.FromString,
+                _registered_method=True)
 
 
 class RoutingServiceServicer:
@@ -70,6 +75,14 @@ class RoutingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUserSelectableModels(self, request, context):
+        """What to show a user in the model picker (GitLab's aiChatAvailableModels): the default model, the models
+        the user may choose from, the hard-pinned model if any, and the namespace that governs the choice.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +95,11 @@ def add_RoutingServiceServicer_to_server(servicer, server):
                     servicer.Complete,
                     request_deserializer=gitlab_dot_duo_dot_routing_dot_v1_dot_routing__pb2.CompleteRequest.FromString,
                     response_serializer=gitlab_dot_duo_dot_routing_dot_v1_dot_routing__pb2.CompleteResponse.SerializeToString,
+            ),
+            'ListUserSelectableModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUserSelectableModels,
+                    request_deserializer=gitlab_dot_duo_dot_routing_dot_v1_dot_routing__pb2.ListUserSelectableModelsRequest.FromString,
+                    response_serializer=gitlab_dot_duo_dot_routing_dot_v1_dot_routing__pb2.ListUserSelectableModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -140,6 +158,33 @@ class RoutingService:
             '/gitlab.duo.routing.v1.RoutingService/Complete',
             gitlab_dot_duo_dot_routing_dot_v1_dot_routing__pb2.CompleteRequest.SerializeToString,
             gitlab_dot_duo_dot_routing_dot_v1_dot_routing__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUserSelectableModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gitlab.duo.routing.v1.RoutingService/ListUserSelectableModels',
+            gitlab_dot_duo_dot_routing_dot_v1_dot_routing__pb2.ListUserSelectableModelsRequest.SerializeToString,
+            gitlab_dot_duo_dot_routing_dot_v1_dot_routing__pb2.ListUserSelectableModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,6 +21,17 @@ class SelectionSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SELECTION_SOURCE_FEATURE_SETTING: _ClassVar[SelectionSource]
     SELECTION_SOURCE_INSTANCE: _ClassVar[SelectionSource]
     SELECTION_SOURCE_GITLAB_DEFAULT: _ClassVar[SelectionSource]
+    SELECTION_SOURCE_USER: _ClassVar[SelectionSource]
+
+class UserSelection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    USER_SELECTION_UNSPECIFIED: _ClassVar[UserSelection]
+    USER_SELECTION_APPLIED: _ClassVar[UserSelection]
+    USER_SELECTION_IGNORED_NOT_USER_SELECTABLE: _ClassVar[UserSelection]
+    USER_SELECTION_IGNORED_PINNED: _ClassVar[UserSelection]
+    USER_SELECTION_IGNORED_NOT_ALLOWED: _ClassVar[UserSelection]
+    USER_SELECTION_IGNORED_UNKNOWN_MODEL: _ClassVar[UserSelection]
+    USER_SELECTION_IGNORED_SELF_HOSTED: _ClassVar[UserSelection]
 
 class ModelFamily(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -55,6 +66,14 @@ SELECTION_SOURCE_UNANIMOUS_SEAT_NAMESPACES: SelectionSource
 SELECTION_SOURCE_FEATURE_SETTING: SelectionSource
 SELECTION_SOURCE_INSTANCE: SelectionSource
 SELECTION_SOURCE_GITLAB_DEFAULT: SelectionSource
+SELECTION_SOURCE_USER: SelectionSource
+USER_SELECTION_UNSPECIFIED: UserSelection
+USER_SELECTION_APPLIED: UserSelection
+USER_SELECTION_IGNORED_NOT_USER_SELECTABLE: UserSelection
+USER_SELECTION_IGNORED_PINNED: UserSelection
+USER_SELECTION_IGNORED_NOT_ALLOWED: UserSelection
+USER_SELECTION_IGNORED_UNKNOWN_MODEL: UserSelection
+USER_SELECTION_IGNORED_SELF_HOSTED: UserSelection
 MODEL_FAMILY_UNSPECIFIED: ModelFamily
 MODEL_FAMILY_MISTRAL: ModelFamily
 MODEL_FAMILY_LLAMA3: ModelFamily

@@ -74,6 +74,7 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
       optional :self_hosted_model_id, :string, 4
       repeated :compatible_families, :enum, 5, "gitlab.duo.routing.v1.ModelFamily"
       optional :explicitly_set, :bool, 6
+      optional :no_model_configured, :bool, 7
     end
     add_message "gitlab.duo.routing.v1.UpdateFeatureSettingRequest" do
       optional :feature, :string, 1
@@ -102,14 +103,71 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
       optional :pinned_model_unavailable, :bool, 7
       optional :namespace_id, :int64, 8
       optional :explicitly_set, :bool, 9
+      optional :allowlist, :message, 10, "gitlab.duo.routing.v1.ModelAllowlist"
+      optional :pinned_model_deprecated, :bool, 11
+      optional :deprecation_removal_version, :string, 12
+      optional :user_selectable, :bool, 13
+      optional :hard_pin, :bool, 14
+      optional :pinned_model_unreachable, :bool, 15
+    end
+    add_message "gitlab.duo.routing.v1.ModelAllowlist" do
+      optional :enabled, :bool, 1
+      repeated :model_refs, :string, 2
+      repeated :allowed_model_identifiers, :string, 3
+      repeated :stale_model_refs, :string, 4
+    end
+    add_message "gitlab.duo.routing.v1.DroppedModelRef" do
+      optional :model_ref, :string, 1
+      optional :reason, :string, 2
+      optional :message, :string, 3
+    end
+    add_message "gitlab.duo.routing.v1.UpdateNamespaceModelAllowlistRequest" do
+      optional :namespace_id, :int64, 1
+      optional :feature, :string, 2
+      optional :enabled, :bool, 3
+      repeated :model_refs, :string, 4
+    end
+    add_message "gitlab.duo.routing.v1.UpdateNamespaceModelAllowlistResponse" do
+      optional :model_selection, :message, 1, "gitlab.duo.routing.v1.ModelSelection"
+      repeated :dropped_model_refs, :message, 2, "gitlab.duo.routing.v1.DroppedModelRef"
+      optional :config_version, :string, 3
+    end
+    add_message "gitlab.duo.routing.v1.UpdateInstanceModelAllowlistRequest" do
+      optional :feature, :string, 1
+      optional :enabled, :bool, 2
+      repeated :model_refs, :string, 3
+    end
+    add_message "gitlab.duo.routing.v1.UpdateInstanceModelAllowlistResponse" do
+      optional :model_selection, :message, 1, "gitlab.duo.routing.v1.ModelSelection"
+      repeated :dropped_model_refs, :message, 2, "gitlab.duo.routing.v1.DroppedModelRef"
+      optional :config_version, :string, 3
+    end
+    add_message "gitlab.duo.routing.v1.SkippedSubFeature" do
+      optional :feature, :string, 1
+      optional :reason, :string, 2
+      optional :message, :string, 3
+    end
+    add_message "gitlab.duo.routing.v1.SelectionImpact" do
+      repeated :features, :string, 1
+      optional :model_before, :string, 2
+      optional :model_after, :string, 3
+      optional :no_context_users_changed, :int64, 4
+      optional :users_newly_requiring_default_namespace, :int64, 5
+      optional :seat_holders, :int64, 6
     end
     add_message "gitlab.duo.routing.v1.UpdateInstanceModelSelectionRequest" do
       optional :feature, :string, 1
       optional :offered_model_ref, :string, 2
+      optional :validate_only, :bool, 3
+      optional :apply_to_sub_features, :bool, 4
     end
     add_message "gitlab.duo.routing.v1.UpdateInstanceModelSelectionResponse" do
       optional :model_selection, :message, 1, "gitlab.duo.routing.v1.ModelSelection"
       optional :config_version, :string, 2
+      repeated :sub_feature_selections, :message, 3, "gitlab.duo.routing.v1.ModelSelection"
+      repeated :skipped_sub_features, :message, 4, "gitlab.duo.routing.v1.SkippedSubFeature"
+      optional :impact, :message, 5, "gitlab.duo.routing.v1.SelectionImpact"
+      optional :validate_only, :bool, 6
     end
     add_message "gitlab.duo.routing.v1.ListInstanceModelSelectionsRequest" do
       optional :page_size, :int32, 1
@@ -123,10 +181,16 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
       optional :namespace_id, :int64, 1
       optional :feature, :string, 2
       optional :offered_model_ref, :string, 3
+      optional :validate_only, :bool, 4
+      optional :apply_to_sub_features, :bool, 5
     end
     add_message "gitlab.duo.routing.v1.UpdateNamespaceModelSelectionResponse" do
       optional :model_selection, :message, 1, "gitlab.duo.routing.v1.ModelSelection"
       optional :config_version, :string, 2
+      repeated :sub_feature_selections, :message, 3, "gitlab.duo.routing.v1.ModelSelection"
+      repeated :skipped_sub_features, :message, 4, "gitlab.duo.routing.v1.SkippedSubFeature"
+      optional :impact, :message, 5, "gitlab.duo.routing.v1.SelectionImpact"
+      optional :validate_only, :bool, 6
     end
     add_message "gitlab.duo.routing.v1.ListNamespaceModelSelectionsRequest" do
       optional :namespace_id, :int64, 1
@@ -141,6 +205,10 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
       optional :identifier, :string, 1
       optional :name, :string, 2
       optional :provider, :string, 3
+      optional :cost_indicator, :string, 4
+      optional :deprecation_date, :string, 5
+      optional :removal_version, :string, 6
+      optional :max_context_tokens, :int64, 7
     end
     add_message "gitlab.duo.routing.v1.SelectableModels" do
       optional :feature, :string, 1
@@ -151,6 +219,12 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
       repeated :compatible_families, :enum, 6, "gitlab.duo.routing.v1.ModelFamily"
       optional :parent_feature, :string, 7
       repeated :unit_primitives, :string, 8
+      optional :default_model_group, :string, 9
+      repeated :default_models, :message, 10, "gitlab.duo.routing.v1.CatalogModel"
+      repeated :deprecated_models, :message, 11, "gitlab.duo.routing.v1.CatalogModel"
+      optional :user_selectable, :bool, 12
+      repeated :team_only_models, :message, 13, "gitlab.duo.routing.v1.CatalogModel"
+      map :models_for_tags, :string, :string, 14
     end
     add_message "gitlab.duo.routing.v1.ListSelectableModelsRequest" do
       optional :feature, :string, 1
@@ -203,12 +277,16 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
     end
     add_message "gitlab.duo.routing.v1.GetUserRoutingStatusRequest" do
       optional :user_id, :int64, 1
+      optional :user_selected_model, :string, 2
     end
     add_message "gitlab.duo.routing.v1.FeatureRoutingStatus" do
       optional :feature, :string, 1
       optional :resolution, :message, 2, "gitlab.duo.routing.v1.ResolveModelResponse"
       optional :error_reason, :string, 3
       optional :error_message, :string, 4
+      optional :user_selectable, :bool, 5
+      optional :user_may_choose, :bool, 6
+      repeated :user_selectable_model_identifiers, :string, 7
     end
     add_message "gitlab.duo.routing.v1.GetUserRoutingStatusResponse" do
       optional :user_id, :int64, 1
@@ -247,6 +325,8 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
       optional :config_version, :string, 4
       optional :storage_backend, :string, 5
       optional :start_time, :message, 6, "google.protobuf.Timestamp"
+      optional :self_hosted_ai_gateway, :bool, 7
+      optional :offline_license, :bool, 8
     end
     add_enum "gitlab.duo.routing.v1.FeatureProvider" do
       value :FEATURE_PROVIDER_UNSPECIFIED, 0
@@ -286,6 +366,14 @@ module Gitlab
         ListFeatureSettingsRequest = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.ListFeatureSettingsRequest").msgclass
         ListFeatureSettingsResponse = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.ListFeatureSettingsResponse").msgclass
         ModelSelection = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.ModelSelection").msgclass
+        ModelAllowlist = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.ModelAllowlist").msgclass
+        DroppedModelRef = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.DroppedModelRef").msgclass
+        UpdateNamespaceModelAllowlistRequest = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.UpdateNamespaceModelAllowlistRequest").msgclass
+        UpdateNamespaceModelAllowlistResponse = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.UpdateNamespaceModelAllowlistResponse").msgclass
+        UpdateInstanceModelAllowlistRequest = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.UpdateInstanceModelAllowlistRequest").msgclass
+        UpdateInstanceModelAllowlistResponse = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.UpdateInstanceModelAllowlistResponse").msgclass
+        SkippedSubFeature = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.SkippedSubFeature").msgclass
+        SelectionImpact = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.SelectionImpact").msgclass
         UpdateInstanceModelSelectionRequest = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.UpdateInstanceModelSelectionRequest").msgclass
         UpdateInstanceModelSelectionResponse = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.UpdateInstanceModelSelectionResponse").msgclass
         ListInstanceModelSelectionsRequest = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.ListInstanceModelSelectionsRequest").msgclass

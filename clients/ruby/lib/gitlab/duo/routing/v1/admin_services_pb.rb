@@ -20,7 +20,7 @@ module Gitlab
             self.unmarshal_class_method = :decode
             self.service_name = 'gitlab.duo.routing.v1.AdminService'
 
-            # Registers a self-hosted model. Self-Managed only.
+            # Registers a self-hosted model. Dedicated and Self-Managed only.
             rpc :CreateSelfHostedModel, ::Gitlab::Duo::Routing::V1::CreateSelfHostedModelRequest, ::Gitlab::Duo::Routing::V1::CreateSelfHostedModelResponse
             # Returns one self-hosted model.
             rpc :GetSelfHostedModel, ::Gitlab::Duo::Routing::V1::GetSelfHostedModelRequest, ::Gitlab::Duo::Routing::V1::GetSelfHostedModelResponse
@@ -32,7 +32,7 @@ module Gitlab
             rpc :DeleteSelfHostedModel, ::Gitlab::Duo::Routing::V1::DeleteSelfHostedModelRequest, ::Gitlab::Duo::Routing::V1::DeleteSelfHostedModelResponse
             # Sends a small real request to the model's endpoint and reports the outcome.
             rpc :TestSelfHostedModel, ::Gitlab::Duo::Routing::V1::TestSelfHostedModelRequest, ::Gitlab::Duo::Routing::V1::TestSelfHostedModelResponse
-            # Assigns a feature to the AI Gateway (vendored), a self-hosted model, or disables it. Self-Managed only.
+            # Assigns a feature to the AI Gateway (vendored), a self-hosted model, or disables it. Dedicated and Self-Managed only.
             rpc :UpdateFeatureSetting, ::Gitlab::Duo::Routing::V1::UpdateFeatureSettingRequest, ::Gitlab::Duo::Routing::V1::UpdateFeatureSettingResponse
             # Lists every feature with its setting.
             rpc :ListFeatureSettings, ::Gitlab::Duo::Routing::V1::ListFeatureSettingsRequest, ::Gitlab::Duo::Routing::V1::ListFeatureSettingsResponse
@@ -44,6 +44,10 @@ module Gitlab
             rpc :UpdateNamespaceModelSelection, ::Gitlab::Duo::Routing::V1::UpdateNamespaceModelSelectionRequest, ::Gitlab::Duo::Routing::V1::UpdateNamespaceModelSelectionResponse
             # Lists a namespace's selection for every feature.
             rpc :ListNamespaceModelSelections, ::Gitlab::Duo::Routing::V1::ListNamespaceModelSelectionsRequest, ::Gitlab::Duo::Routing::V1::ListNamespaceModelSelectionsResponse
+            # GitLab.com: turns a namespace's allowlist for a user-selectable feature on or off and sets its models.
+            rpc :UpdateNamespaceModelAllowlist, ::Gitlab::Duo::Routing::V1::UpdateNamespaceModelAllowlistRequest, ::Gitlab::Duo::Routing::V1::UpdateNamespaceModelAllowlistResponse
+            # Dedicated and Self-Managed: the same for the instance.
+            rpc :UpdateInstanceModelAllowlist, ::Gitlab::Duo::Routing::V1::UpdateInstanceModelAllowlistRequest, ::Gitlab::Duo::Routing::V1::UpdateInstanceModelAllowlistResponse
             # Lists, per feature, the default model and the models that may be pinned.
             rpc :ListSelectableModels, ::Gitlab::Duo::Routing::V1::ListSelectableModelsRequest, ::Gitlab::Duo::Routing::V1::ListSelectableModelsResponse
             # Fetches the model catalog from the AI Gateway; the last good catalog stays on failure.

@@ -11,6 +11,7 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
       optional :user_id, :int64, 1
       optional :feature, :string, 2
       optional :root_namespace_id, :int64, 3
+      optional :user_selected_model, :string, 4
     end
     add_message "gitlab.duo.routing.v1.ResolveModelResponse" do
       optional :provider, :enum, 1, "gitlab.duo.routing.v1.Provider"
@@ -27,6 +28,10 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
       optional :self_hosted_model_endpoint, :string, 12
       optional :self_hosted_model_platform, :enum, 13, "gitlab.duo.routing.v1.Platform"
       optional :effective_feature, :string, 14
+      optional :user_selection, :enum, 15, "gitlab.duo.routing.v1.UserSelection"
+      optional :pinned_model_deprecated, :bool, 16
+      optional :deprecation_removal_version, :string, 17
+      optional :default_model_group, :string, 18
     end
     add_message "gitlab.duo.routing.v1.ChatMessage" do
       optional :role, :string, 1
@@ -44,6 +49,7 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
       repeated :messages, :message, 4, "gitlab.duo.routing.v1.ChatMessage"
       optional :parameters, :message, 5, "gitlab.duo.routing.v1.GenerationParameters"
       optional :correlation_id, :string, 6
+      optional :user_selected_model, :string, 7
     end
     add_message "gitlab.duo.routing.v1.TextDelta" do
       optional :text, :string, 1
@@ -64,6 +70,30 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
         optional :finished, :message, 3, "gitlab.duo.routing.v1.CompletionFinished"
       end
     end
+    add_message "gitlab.duo.routing.v1.ListUserSelectableModelsRequest" do
+      optional :user_id, :int64, 1
+      optional :feature, :string, 2
+      optional :root_namespace_id, :int64, 3
+    end
+    add_message "gitlab.duo.routing.v1.UserSelectableModel" do
+      optional :identifier, :string, 1
+      optional :name, :string, 2
+      optional :provider, :string, 3
+      optional :cost_indicator, :string, 4
+    end
+    add_message "gitlab.duo.routing.v1.ListUserSelectableModelsResponse" do
+      optional :feature, :string, 1
+      optional :default_model, :message, 2, "gitlab.duo.routing.v1.UserSelectableModel"
+      repeated :selectable_models, :message, 3, "gitlab.duo.routing.v1.UserSelectableModel"
+      optional :pinned_model, :message, 4, "gitlab.duo.routing.v1.UserSelectableModel"
+      optional :user_may_choose, :bool, 5
+      optional :choice_unavailable_reason, :enum, 6, "gitlab.duo.routing.v1.UserSelection"
+      optional :governing_namespace_id, :int64, 7
+      repeated :candidate_namespace_ids, :int64, 8
+      optional :depends_on_default_namespace, :bool, 9
+      optional :default_model_group, :string, 10
+      optional :config_version, :string, 11
+    end
   end
 end
 
@@ -80,6 +110,9 @@ module Gitlab
         TokenUsage = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.TokenUsage").msgclass
         CompletionFinished = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.CompletionFinished").msgclass
         CompleteResponse = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.CompleteResponse").msgclass
+        ListUserSelectableModelsRequest = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.ListUserSelectableModelsRequest").msgclass
+        UserSelectableModel = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.UserSelectableModel").msgclass
+        ListUserSelectableModelsResponse = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.ListUserSelectableModelsResponse").msgclass
       end
     end
   end

@@ -26,6 +26,9 @@ module Gitlab
             # Routes the request like ResolveModel and streams the completion from the chosen model:
             # first the route, then text deltas, then one final event.
             rpc :Complete, ::Gitlab::Duo::Routing::V1::CompleteRequest, stream(::Gitlab::Duo::Routing::V1::CompleteResponse)
+            # What to show a user in the model picker (GitLab's aiChatAvailableModels): the default model, the models
+            # the user may choose from, the hard-pinned model if any, and the namespace that governs the choice.
+            rpc :ListUserSelectableModels, ::Gitlab::Duo::Routing::V1::ListUserSelectableModelsRequest, ::Gitlab::Duo::Routing::V1::ListUserSelectableModelsResponse
           end
 
           Stub = Service.rpc_stub_class

@@ -20,6 +20,16 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
       value :SELECTION_SOURCE_FEATURE_SETTING, 5
       value :SELECTION_SOURCE_INSTANCE, 6
       value :SELECTION_SOURCE_GITLAB_DEFAULT, 7
+      value :SELECTION_SOURCE_USER, 8
+    end
+    add_enum "gitlab.duo.routing.v1.UserSelection" do
+      value :USER_SELECTION_UNSPECIFIED, 0
+      value :USER_SELECTION_APPLIED, 1
+      value :USER_SELECTION_IGNORED_NOT_USER_SELECTABLE, 2
+      value :USER_SELECTION_IGNORED_PINNED, 3
+      value :USER_SELECTION_IGNORED_NOT_ALLOWED, 4
+      value :USER_SELECTION_IGNORED_UNKNOWN_MODEL, 5
+      value :USER_SELECTION_IGNORED_SELF_HOSTED, 6
     end
     add_enum "gitlab.duo.routing.v1.ModelFamily" do
       value :MODEL_FAMILY_UNSPECIFIED, 0
@@ -50,6 +60,7 @@ module Gitlab
       module V1
         Provider = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.Provider").enummodule
         SelectionSource = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.SelectionSource").enummodule
+        UserSelection = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.UserSelection").enummodule
         ModelFamily = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.ModelFamily").enummodule
         Platform = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("gitlab.duo.routing.v1.Platform").enummodule
       end
