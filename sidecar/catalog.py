@@ -40,6 +40,8 @@ class FeatureInfo:
     unit_primitives: tuple[str, ...]
     parent: str | None
     compatible_families: frozenset[ModelFamily]
+    # Users may pick their own model (DESIGN section 3, "User model selection"); sidecar metadata, not code.
+    user_selectable: bool = False
 
     def is_selectable(self, identifier: str) -> bool:
         return identifier in self.selectable_models
@@ -116,6 +118,7 @@ def parse_catalog(definitions: Mapping[str, Any], metadata: Mapping[str, Any]) -
             unit_primitives=_identifiers(raw, "unit_primitives", where),
             parent=meta.get("parent_feature") or None,
             compatible_families=families,
+            user_selectable=meta.get("user_selectable") is True,
         )
     for info in features.values():
         if info.parent is not None and info.parent not in features:
