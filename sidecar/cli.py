@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             catalog = startup_catalog(config.instance.catalog_path, config.storage.data_dir / "catalog.json")
             print(
-                f"configuration OK ({config.source}): {config.instance.deployment.title}, "
+                f"configuration OK ({config.source}): {config.instance.deployment.title}{_instance_kind(config)}, "
                 f"{config.storage.backend} storage, catalog {catalog.version} with {len(catalog.features)} features"
             )
             return 0
@@ -146,6 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc))
     except KeyboardInterrupt:
         return 130
+
+
+def _instance_kind(config: Config) -> str:
+    """How the instance reaches GitLab-managed models, when not the usual way (DESIGN section 3, rule 3)."""
+    kinds = []
+    if config.instance.self_hosted_ai_gateway:
+        kinds.append("own AI Gateway (no GitLab-managed default)")
+    if config.instance.offline_license:
+        kinds.append("offline license (no GitLab-managed models)")
+    return f" with {' and '.join(kinds)}" if kinds else ""
 
 
 if __name__ == "__main__":

@@ -62,6 +62,12 @@ class InstanceConfig:
     catalog_refresh_seconds: float = 3600.0
     instance_id: str = ""
     cloud_connector_token_file: str = ""
+    # Self-Managed only (check-config refuses them elsewhere): the instance runs its own AI Gateway (hybrid), so no
+    # GitLab-managed default; the license is offline, so no GitLab-managed model at all. DESIGN section 3.
+    self_hosted_ai_gateway: bool = False
+    offline_license: bool = False
+    # The catalog's dev.selectable_models (GitLab team members only) become selectable for their features.
+    offer_team_only_models: bool = False
 
     @property
     def deployment(self) -> DeploymentType:
@@ -105,6 +111,7 @@ class StorageConfig:
         return Path(self.token_key_file) if self.token_key_file else self.data_dir / "token.key"
 
 
+SELF_MANAGED_ONLY_KEYS = ("self_hosted_ai_gateway", "offline_license")
 MAX_STORAGE_TIMEOUT_SECONDS = 3600.0  # PostgreSQL takes its timeouts in int32 milliseconds; longer is a hang anyway
 MIN_SECRET_LENGTH = 16
 
@@ -286,6 +293,13 @@ def _validate(config: Config, where: Mapping[str, str], problems: list[str]) -> 
         gateway_url_ok = False
     if not gateway_url_ok:
         problems.append(f"{at('instance', 'ai_gateway_url')}: expected an http(s) URL")
+    if config.instance.deployment_type in names and config.instance.deployment is not DeploymentType.SELF_MANAGED:
+        for key in SELF_MANAGED_ONLY_KEYS:
+            if getattr(config.instance, key):
+                problems.append(
+                    f"{at('instance', key)}: applies only to self_managed; {config.instance.deployment.title} always "
+                    "reaches GitLab-managed models through GitLab's AI Gateway (remove the key or set it to false)"
+                )
     if config.instance.catalog_refresh_seconds < 0:
         problems.append(f"{at('instance', 'catalog_refresh_seconds')}: must not be negative (0 disables)")
     token_file = config.instance.cloud_connector_token_file

@@ -37,6 +37,7 @@ MAX_ID_LENGTH = 64
 MAX_ENDPOINT_LENGTH = 2048
 MAX_API_TOKEN_LENGTH = 8192
 MAX_SEAT_CHANGES_PER_BATCH = 10_000
+GITLAB_MANAGED_MODEL_UNREACHABLE = "GITLAB_MANAGED_MODEL_UNREACHABLE"
 SELF_HOSTED_FIELDS = ("name", "family", "platform", "endpoint", "identifier", "api_token")
 
 
@@ -48,11 +49,12 @@ class DeploymentRule:
     allowed: tuple[DeploymentType, ...]
 
 
-SELF_HOSTED_MODELS = DeploymentRule("Self-hosted models", (DeploymentType.SELF_MANAGED,))
-FEATURE_SETTINGS = DeploymentRule("Feature settings", (DeploymentType.SELF_MANAGED,))
-INSTANCE_SELECTIONS = DeploymentRule(
-    "Instance model selections", (DeploymentType.DEDICATED, DeploymentType.SELF_MANAGED)
-)
+# The instance-level settings (DESIGN section 3, "DEDICATED and SELF_MANAGED"): Dedicated reaches self-hosted models
+# through the AI Gateway for GitLab Dedicated, per feature, as Self-Managed does through its own.
+INSTANCE_DEPLOYMENTS = (DeploymentType.DEDICATED, DeploymentType.SELF_MANAGED)
+SELF_HOSTED_MODELS = DeploymentRule("Self-hosted models", INSTANCE_DEPLOYMENTS)
+FEATURE_SETTINGS = DeploymentRule("Feature settings", INSTANCE_DEPLOYMENTS)
+INSTANCE_SELECTIONS = DeploymentRule("Instance model selections", INSTANCE_DEPLOYMENTS)
 NAMESPACE_SELECTIONS = DeploymentRule("Namespace model selections", (DeploymentType.GITLAB_COM,))
 SEAT_ASSIGNMENTS = DeploymentRule("Seat assignments", (DeploymentType.GITLAB_COM,))
 DEFAULT_NAMESPACES = DeploymentRule("Default GitLab Duo namespaces", (DeploymentType.GITLAB_COM,))
@@ -119,6 +121,18 @@ class AdminCommands:
                 f"{ref[:100]!r} is not a selectable model for {info.name} ({info.title}); choose one of: {allowed}, "
                 "or leave it empty for the GitLab default",
                 reason="MODEL_NOT_SELECTABLE",
+            )
+
+    def _reachable(self, info: FeatureInfo, ref: str) -> None:
+        """An offline license reaches no GitLab-managed model: pinning one would route nowhere."""
+        if ref and self.snapshot.options.offline_license:
+            raise failed_precondition(
+                GITLAB_MANAGED_MODEL_UNREACHABLE,
+                f"{ref[:100]!r} is a GitLab-managed model, which this instance cannot reach: its license is offline "
+                f"(instance.offline_license). Assign a self-hosted model to {info.name} instead "
+                "(UpdateFeatureSetting; duo-admin features set)",
+                subject=f"instance/features/{info.name}",
+                metadata={"feature": info.name, "offered_model_ref": ref[:100]},
             )
 
     # -- self-hosted models ------------------------------------------------------------------------
@@ -373,6 +387,7 @@ class AdminCommands:
         self.require_deployment(INSTANCE_SELECTIONS)
         info = self._feature(feature)
         self._selectable(info, ref)
+        self._reachable(info, ref)
 
         async def write(tx: StoreTx) -> Staged[None]:
             before = await tx.get_instance_pin(info.name)

@@ -354,6 +354,12 @@ class Metrics:
             ("feature",),
             registry=registry,
         )
+        self.no_model_configured = Counter(
+            "duo_routing_no_model_configured_total",
+            "Requests refused with NO_MODEL_CONFIGURED: a hybrid or offline instance has no model for the feature.",
+            ("feature",),
+            registry=registry,
+        )
         self.pinned_model_unavailable = Counter(
             "duo_routing_pinned_model_unavailable_total",
             "Requests whose pinned model left the catalog and were served the feature's default instead.",
@@ -485,6 +491,10 @@ class Metrics:
     def default_namespace_required_for(self, feature: str) -> None:
         """A request refused with DEFAULT_NAMESPACE_REQUIRED."""
         self.default_namespace_required.labels(self.feature_label(feature)).inc()
+
+    def no_model_configured_for(self, feature: str) -> None:
+        """A request refused with NO_MODEL_CONFIGURED."""
+        self.no_model_configured.labels(self.feature_label(feature)).inc()
 
     def auth_failure(self, reason: str, enforced: bool) -> None:
         """For the auth interceptor: a call whose credentials failed. `reason` is the ErrorInfo reason

@@ -10,8 +10,8 @@ from typing import NamedTuple, TypeVar
 
 from sidecar.catalog import FeatureInfo
 from sidecar.domain import DeploymentType, FeatureProvider, Provider, SelectionSource, SelfHostedModel
-from sidecar.errors import DuoError, ErrorCode, PreconditionViolation, invalid_argument
-from sidecar.snapshot import Snapshot
+from sidecar.errors import DuoError, ErrorCode, PreconditionViolation, failed_precondition, invalid_argument
+from sidecar.snapshot import InstanceOptions, Snapshot
 from sidecar.users import NO_USER_DATA, UserRouting
 
 T = TypeVar("T")
@@ -23,6 +23,7 @@ DEFAULT_NAMESPACE_REQUIRED_MESSAGE = (
     "Preferences - Behavior, select a default namespace for GitLab Duo."
 )
 DEFAULT_NAMESPACE_SETTING = "Preferences > Behavior > Default GitLab Duo namespace"
+NO_MODEL_CONFIGURED = "NO_MODEL_CONFIGURED"
 
 
 # NamedTuples, not frozen dataclasses: as immutable, and several microseconds cheaper to build on the hot path.
@@ -211,38 +212,97 @@ def default_namespace_required(user_id: int, feature: str, candidates: list[int]
 
 
 def _resolve_instance(snapshot: Snapshot, info: FeatureInfo) -> Resolution:
-    if snapshot.deployment_type is DeploymentType.SELF_MANAGED:
-        setting_feature, setting = _lookup(snapshot.feature_settings, info)
-        if setting is not None and setting.provider is FeatureProvider.DISABLED:
-            return Resolution(
-                provider=Provider.DISABLED,
-                model_identifier="",
-                model_name="",
-                gitlab_default=False,
-                source=SelectionSource.FEATURE_SETTING,
-                governing_namespace_id=0,
-                default_namespace_prompt=False,
-                pinned_model_unavailable=False,
-                config_version=snapshot.config_version,
-                effective_feature=setting_feature,
-            )
-        if setting is not None and setting.provider is FeatureProvider.SELF_HOSTED:
-            model = snapshot.self_hosted_models[setting.self_hosted_model_id]
-            return Resolution(
-                provider=Provider.SELF_HOSTED,
-                model_identifier=model.identifier,
-                model_name=model.name,
-                gitlab_default=False,
-                source=SelectionSource.FEATURE_SETTING,
-                governing_namespace_id=0,
-                default_namespace_prompt=False,
-                pinned_model_unavailable=False,
-                config_version=snapshot.config_version,
-                effective_feature=setting_feature,
-                self_hosted_model=model,
-            )
+    # Dedicated and Self-Managed alike: feature settings first (rule 1), then the instance pin, then the default.
+    setting_feature, setting = _lookup(snapshot.feature_settings, info)
+    if setting is not None and setting.provider is FeatureProvider.DISABLED:
+        return Resolution(
+            provider=Provider.DISABLED,
+            model_identifier="",
+            model_name="",
+            gitlab_default=False,
+            source=SelectionSource.FEATURE_SETTING,
+            governing_namespace_id=0,
+            default_namespace_prompt=False,
+            pinned_model_unavailable=False,
+            config_version=snapshot.config_version,
+            effective_feature=setting_feature,
+        )
+    if setting is not None and setting.provider is FeatureProvider.SELF_HOSTED:
+        model = snapshot.self_hosted_models[setting.self_hosted_model_id]
+        return Resolution(
+            provider=Provider.SELF_HOSTED,
+            model_identifier=model.identifier,
+            model_name=model.name,
+            gitlab_default=False,
+            source=SelectionSource.FEATURE_SETTING,
+            governing_namespace_id=0,
+            default_namespace_prompt=False,
+            pinned_model_unavailable=False,
+            config_version=snapshot.config_version,
+            effective_feature=setting_feature,
+            self_hosted_model=model,
+        )
     choice = choose(snapshot.instance_pins, info)
+    if not snapshot.options.gitlab_default_reachable:
+        problem = no_model_configured(snapshot.options, info, choice, snapshot.instance_pins)
+        if problem is not None:
+            raise problem
     source = (
         SelectionSource.INSTANCE if choice.pinned or choice.pinned_model_unavailable else SelectionSource.GITLAB_DEFAULT
     )
     return _catalog_resolution(snapshot, choice, source, 0, prompt=False)
+
+
+def no_model_configured(
+    options: InstanceOptions, info: FeatureInfo, choice: Choice, pins: Mapping[str, str]
+) -> DuoError | None:
+    """Rule 3's exceptions: a hybrid instance has no GitLab-managed default, an offline one no GitLab-managed model.
+
+    `choice` is what the instance pin (or the default) gives the feature; None when it can serve it.
+    """
+    if choice.pinned and not options.offline_license:
+        return None  # hybrid: a pinned GitLab-managed model is reached through GitLab's AI Gateway
+    _, stored_pin = _lookup(pins, info)
+    if options.offline_license:
+        why = (
+            "this instance's license is offline (instance.offline_license), so GitLab-managed models cannot be reached"
+        )
+        if stored_pin:
+            why += f"; the instance pin on {stored_pin} is kept but never used"
+        fix = (
+            f"An administrator assigns a self-hosted model to {info.name} (UpdateFeatureSetting; "
+            "duo-admin features set) or disables it"
+        )
+    else:
+        why = (
+            "this instance runs its own AI Gateway (instance.self_hosted_ai_gateway), so it has no GitLab-managed "
+            "default"
+        )
+        if stored_pin:
+            why += f"; the pinned model {stored_pin} is no longer offered by the catalog"
+        fix = (
+            f"An administrator assigns a self-hosted model to {info.name} (UpdateFeatureSetting; "
+            "duo-admin features set) or pins a GitLab-managed model (UpdateInstanceModelSelection; "
+            "duo-admin instance-models set)"
+        )
+    message = f"No model is configured for the {info.title} feature ({info.name}): {why}. {fix}."
+    return failed_precondition(
+        NO_MODEL_CONFIGURED,
+        message,
+        subject=f"featureSettings/{info.name}",
+        metadata={
+            "feature": info.name,
+            "cause": "offline_license" if options.offline_license else "self_hosted_ai_gateway",
+            **({"pinned_model": stored_pin} if stored_pin else {}),
+        },
+    )
+
+
+def instance_without_model(snapshot: Snapshot, info: FeatureInfo) -> DuoError | None:
+    """The NO_MODEL_CONFIGURED error requests for the feature get on this instance, None when a model serves it."""
+    if snapshot.deployment_type is DeploymentType.GITLAB_COM or snapshot.options.gitlab_default_reachable:
+        return None
+    _, setting = _lookup(snapshot.feature_settings, info)
+    if setting is not None and setting.provider is not FeatureProvider.VENDORED:
+        return None  # self-hosted or disabled: rule 1 answers
+    return no_model_configured(snapshot.options, info, choose(snapshot.instance_pins, info), snapshot.instance_pins)

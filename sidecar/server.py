@@ -19,7 +19,7 @@ from sidecar.catalog import Catalog
 from sidecar.catalog_refresh import CatalogRefresher, startup_catalog
 from sidecar.changes import ChangeFollower
 from sidecar.completion import Completer
-from sidecar.config import Config
+from sidecar.config import Config, InstanceConfig
 from sidecar.control import AdminCommands
 from sidecar.domain import DeploymentType
 from sidecar.endpoints import EndpointPolicy, parse_cidrs
@@ -29,7 +29,7 @@ from sidecar.health_probe import StoreProbe
 from sidecar.metrics import Metrics, MetricsServer
 from sidecar.pipeline import ChangePipeline
 from sidecar.servicers import AdminServicer, RoutingServicer
-from sidecar.snapshot import Snapshot
+from sidecar.snapshot import InstanceOptions, Snapshot
 from sidecar.state import ConfigState
 from sidecar.store.base import Store, deployment_type_mismatch_message
 from sidecar.store.postgres import PostgresStore, redact_dsn
@@ -85,6 +85,15 @@ def gateway_settings(config: Config) -> GatewaySettings:
         instance_id=config.instance.instance_id,
         realm="saas" if config.instance.deployment is DeploymentType.GITLAB_COM else "self-managed",
         prompt_version=config.upstream.ai_gateway_prompt_version,
+    )
+
+
+def instance_options(instance: InstanceConfig) -> InstanceOptions:
+    """The instance.* keys the routing rules read (check-config allows the first two on self_managed only)."""
+    return InstanceOptions(
+        self_hosted_ai_gateway=instance.self_hosted_ai_gateway,
+        offline_license=instance.offline_license,
+        offer_team_only_models=instance.offer_team_only_models,
     )
 
 
@@ -172,7 +181,12 @@ class Sidecar:
         if self.board is not None:
             await self.board.listen(self._peer_changed)
         state = await ConfigState.load(
-            self.store, cipher, instance.deployment, catalog, self.config.storage.user_cache_size
+            self.store,
+            cipher,
+            instance.deployment,
+            catalog,
+            self.config.storage.user_cache_size,
+            instance_options(instance),
         )
         self.state = state
         # Workers apply a change by reading it from the store: as long to wait for them as for the store.

@@ -151,6 +151,8 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
         except DuoError as error:
             if error.reason == policy.DEFAULT_NAMESPACE_REQUIRED:
                 self._metrics.default_namespace_required_for(request.feature)
+            elif error.reason == policy.NO_MODEL_CONFIGURED:
+                self._metrics.no_model_configured_for(request.feature)
             raise
         self._metrics.resolved(request.feature, resolution)
         return resolution
@@ -330,6 +332,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             self_hosted_model_id=setting.self_hosted_model_id,
             compatible_families=_families(info),
             explicitly_set=explicit,
+            no_model_configured=policy.instance_without_model(self._control.snapshot, info) is not None,
         )
 
     @translate_errors
@@ -361,19 +364,23 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     # -- model selection ------------------------------------------------------------------------
 
     def _selection(self, info: FeatureInfo, pins: Mapping[str, str], namespace_id: int) -> admin_pb2.ModelSelection:
+        snapshot = self._control.snapshot
         choice = policy.choose(pins, info)
         own = pins.get(info.name, "")
-        return admin_pb2.ModelSelection(
+        selection = admin_pb2.ModelSelection(
             feature=info.name,
             title=info.title,
             offered_model_ref=own,
             effective_model_identifier=choice.identifier,
-            effective_model_name=self._control.snapshot.catalog.model(choice.identifier).name,
+            effective_model_name=snapshot.catalog.model(choice.identifier).name,
             default_model_identifier=info.default_model,
             pinned_model_unavailable=choice.pinned_model_unavailable,
             namespace_id=namespace_id,
             explicitly_set=bool(own),
         )
+        if not namespace_id:
+            _instance_reachability(selection, snapshot, info, choice)
+        return selection
 
     @translate_errors
     async def UpdateInstanceModelSelection(
@@ -623,7 +630,23 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             config_version=str(snapshot.config_version),
             storage_backend=self._storage_backend,
             start_time=start,
+            self_hosted_ai_gateway=snapshot.options.self_hosted_ai_gateway,
+            offline_license=snapshot.options.offline_license,
         )
+
+
+def _instance_reachability(
+    selection: admin_pb2.ModelSelection, snapshot: Snapshot, info: FeatureInfo, choice: policy.Choice
+) -> None:
+    """Hybrid and offline instances: no effective model when nothing serves the feature; an offline license
+    reports a stored pin as unreachable (kept, never used)."""
+    if snapshot.options.gitlab_default_reachable:
+        return
+    if snapshot.options.offline_license and (choice.pinned or choice.pinned_model_unavailable):
+        selection.pinned_model_unreachable = True
+    if policy.no_model_configured(snapshot.options, info, choice, snapshot.instance_pins) is not None:
+        selection.effective_model_identifier = ""
+        selection.effective_model_name = ""
 
 
 def _audit_to_proto(event: AuditEvent) -> admin_pb2.AuditEvent:

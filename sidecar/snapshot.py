@@ -20,6 +20,22 @@ NamespacePins = immutables.Map[str, str]
 
 
 @dataclass(frozen=True, slots=True)
+class InstanceOptions:
+    """The operator's instance.* keys that the routing rules read (configuration, not data)."""
+
+    self_hosted_ai_gateway: bool = False  # hybrid Self-Managed: no GitLab-managed default
+    offline_license: bool = False  # no GitLab-managed model at all
+    offer_team_only_models: bool = False
+
+    @property
+    def gitlab_default_reachable(self) -> bool:
+        return not (self.self_hosted_ai_gateway or self.offline_license)
+
+
+NO_OPTIONS = InstanceOptions()
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     deployment_type: DeploymentType
     catalog: Catalog
@@ -28,6 +44,7 @@ class Snapshot:
     feature_settings: immutables.Map[str, FeatureSetting]
     instance_pins: immutables.Map[str, str]
     namespace_pins: immutables.Map[int, NamespacePins]
+    options: InstanceOptions = NO_OPTIONS
 
     def with_version(self, version: int) -> Snapshot:
         return dataclasses.replace(self, config_version=version)

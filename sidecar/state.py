@@ -18,7 +18,7 @@ import immutables
 
 from sidecar.catalog import Catalog
 from sidecar.domain import ChangeRecord, DeploymentType
-from sidecar.snapshot import Snapshot
+from sidecar.snapshot import NO_OPTIONS, InstanceOptions, Snapshot
 from sidecar.store.base import Store, StoredState, schema_too_new_message
 from sidecar.store.migrations import LATEST_VERSION
 from sidecar.tokens import Keyring
@@ -36,7 +36,9 @@ GAP_WAIT_SECONDS = 1.0
 GAP_POLL_SECONDS = 0.01
 
 
-def build_snapshot(deployment: DeploymentType, catalog: Catalog, state: StoredState) -> Snapshot:
+def build_snapshot(
+    deployment: DeploymentType, catalog: Catalog, state: StoredState, options: InstanceOptions = NO_OPTIONS
+) -> Snapshot:
     pins: dict[int, dict[str, str]] = {}
     for namespace_id, feature, ref in state.namespace_pins:
         pins.setdefault(namespace_id, {})[feature] = ref
@@ -48,6 +50,7 @@ def build_snapshot(deployment: DeploymentType, catalog: Catalog, state: StoredSt
         feature_settings=immutables.Map({s.feature: s for s in state.feature_settings}),
         instance_pins=immutables.Map(state.instance_pins),
         namespace_pins=immutables.Map({ns: immutables.Map(p) for ns, p in pins.items()}),
+        options=options,
     )
 
 
@@ -86,10 +89,12 @@ class ConfigState:
         deployment: DeploymentType,
         catalog: Catalog,
         user_cache_size: int = DEFAULT_USER_CACHE_SIZE,
+        options: InstanceOptions = NO_OPTIONS,
     ) -> ConfigState:
         state = await store.load_state()
         users = UserDirectory(store.load_user, user_cache_size)
-        return cls(store, build_snapshot(deployment, catalog, state), users, TokenVault(keyring, state.api_tokens))
+        snapshot = build_snapshot(deployment, catalog, state, options)
+        return cls(store, snapshot, users, TokenVault(keyring, state.api_tokens))
 
     @property
     def snapshot(self) -> Snapshot:
@@ -190,7 +195,8 @@ class ConfigState:
         else:
             self.users.clear()
         self.vault.replace_all(state.api_tokens)
-        self._publish(build_snapshot(self._snapshot.deployment_type, self._snapshot.catalog, state))
+        held = self._snapshot
+        self._publish(build_snapshot(held.deployment_type, held.catalog, state, held.options))
         log.info("reloaded the configuration: version %d -> %d", before, state.config_version)
 
     def _check_schema(self, schema_version: int) -> None:

@@ -154,3 +154,40 @@ def test_unreadable_files_are_problems_not_crashes(tmp_path: Path) -> None:
     assert str(raised.value) == (
         f"environment DUO_SIDECAR_AUTH_ADMIN_SECRET_FILE: cannot read {secret}: not UTF-8 text"
     )
+
+
+def test_hybrid_offline_and_team_only_keys(tmp_path: Path) -> None:
+    config = load_config(None, {})
+    assert (config.instance.self_hosted_ai_gateway, config.instance.offline_license) == (False, False)
+    assert config.instance.offer_team_only_models is False
+    path = tmp_path / "c.toml"
+    path.write_text("[instance]\nself_hosted_ai_gateway = true\noffer_team_only_models = true\n")
+    config = load_config(path, {"DUO_SIDECAR_INSTANCE_OFFLINE_LICENSE": "true"})
+    assert config.instance.self_hosted_ai_gateway and config.instance.offline_license
+    assert config.instance.offer_team_only_models
+    assert (
+        load_config(path, {"DUO_SIDECAR_INSTANCE_SELF_HOSTED_AI_GATEWAY": "false"}).instance.self_hosted_ai_gateway
+        is False
+    )
+    with pytest.raises(ConfigError, match="DUO_SIDECAR_INSTANCE_OFFLINE_LICENSE: expected bool"):
+        load_config(None, {"DUO_SIDECAR_INSTANCE_OFFLINE_LICENSE": "offline"})
+
+
+@pytest.mark.parametrize("deployment", ["gitlab_com", "dedicated"])
+def test_hybrid_and_offline_are_self_managed_only(tmp_path: Path, deployment: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[instance]\ndeployment_type = "{deployment}"\nself_hosted_ai_gateway = true\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(path, {"DUO_SIDECAR_INSTANCE_OFFLINE_LICENSE": "1"})
+    assert list(raised.value.problems) == [
+        f"{path}: [instance] self_hosted_ai_gateway: applies only to self_managed; "
+        f"{DeploymentType[deployment.upper()].title} always reaches GitLab-managed models through GitLab's AI Gateway "
+        "(remove the key or set it to false)",
+        "environment DUO_SIDECAR_INSTANCE_OFFLINE_LICENSE: applies only to self_managed; "
+        f"{DeploymentType[deployment.upper()].title} always reaches GitLab-managed models through GitLab's AI Gateway "
+        "(remove the key or set it to false)",
+    ]
+    path.write_text(f'[instance]\ndeployment_type = "{deployment}"\nself_hosted_ai_gateway = false\n')
+    assert load_config(path, {}).instance.deployment.config_name == deployment  # false is fine anywhere
+    path.write_text(f'[instance]\ndeployment_type = "{deployment}"\noffer_team_only_models = true\n')
+    assert load_config(path, {}).instance.offer_team_only_models  # not tied to a deployment type

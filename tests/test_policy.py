@@ -22,11 +22,13 @@ from sidecar.errors import DuoError, ErrorCode
 from sidecar.policy import (
     DEFAULT_NAMESPACE_REQUIRED,
     DEFAULT_NAMESPACE_REQUIRED_MESSAGE,
+    NO_MODEL_CONFIGURED,
     Resolution,
+    instance_without_model,
     resolve,
     user_defaults,
 )
-from sidecar.snapshot import Snapshot
+from sidecar.snapshot import NO_OPTIONS, InstanceOptions, Snapshot
 from sidecar.state import build_snapshot
 from sidecar.store.base import StoredState
 from sidecar.users import UserRouting
@@ -49,6 +51,7 @@ class World:
     namespace_pins: list[tuple[int, str, str]] = field(default_factory=list)
     instance_pins: dict[str, str] = field(default_factory=dict)
     feature_settings: list[FeatureSetting] = field(default_factory=list)
+    options: InstanceOptions = NO_OPTIONS
 
     def snapshot(self) -> Snapshot:
         state = StoredState(
@@ -58,7 +61,7 @@ class World:
             instance_pins=self.instance_pins,
             namespace_pins=self.namespace_pins,
         )
-        return build_snapshot(self.deployment, CATALOG, state)
+        return build_snapshot(self.deployment, CATALOG, state, self.options)
 
     def user(self, user_id: int = 1) -> UserRouting:
         seats = frozenset(ns for user, ns in self.seats if user == user_id)
@@ -140,9 +143,6 @@ CASES = [
     Case("dedicated sub-feature falls back to the duo_chat instance pin",
          World(DeploymentType.DEDICATED, instance_pins={"duo_chat": "gpt_5"}), "duo_chat_fix_code", 0, "gpt_5",
          SelectionSource.INSTANCE, effective_feature="duo_chat"),
-    Case("dedicated ignores feature settings",
-         World(DeploymentType.DEDICATED, feature_settings=[FeatureSetting("duo_chat", FeatureProvider.DISABLED)]),
-         "duo_chat", 0, CHAT_DEFAULT, SelectionSource.GITLAB_DEFAULT, gitlab_default=True),
     Case("instance pin no longer selectable",
          World(DeploymentType.DEDICATED, instance_pins={"duo_chat": "retired_model_v1"}), "duo_chat", 0,
          CHAT_DEFAULT, SelectionSource.INSTANCE, gitlab_default=True, unavailable=True),
@@ -241,3 +241,94 @@ def test_invalid_requests(user_id: int, feature: str, root: int, field: str) -> 
         World().resolve(feature, root, user_id)
     assert raised.value.code is ErrorCode.INVALID_ARGUMENT
     assert raised.value.field_violations[0].field == field
+
+
+# DEDICATED and SELF_MANAGED rule 1 on both deployment types, and rule 3's exceptions (hybrid, offline license).
+PINNED = "claude_sonnet_4_5_20250929"  # selectable for duo_chat in the bundled catalog
+SELF_HOSTED_CHAT = [FeatureSetting("duo_chat", FeatureProvider.SELF_HOSTED, "m1")]
+HYBRID = InstanceOptions(self_hosted_ai_gateway=True)
+OFFLINE = InstanceOptions(offline_license=True)
+INSTANCE_CASES = [
+    *[case for deployment in (DeploymentType.DEDICATED, DeploymentType.SELF_MANAGED) for case in [
+        Case(f"{deployment.config_name}: self-hosted feature setting wins over the instance pin",
+             World(deployment, feature_settings=SELF_HOSTED_CHAT, instance_pins={"duo_chat": PINNED}),
+             "duo_chat", 0, "custom_openai/mistral", SelectionSource.FEATURE_SETTING, provider=Provider.SELF_HOSTED),
+        Case(f"{deployment.config_name}: sub-feature follows duo_chat's self-hosted setting",
+             World(deployment, feature_settings=SELF_HOSTED_CHAT), "duo_chat_explain_code", 0,
+             "custom_openai/mistral", SelectionSource.FEATURE_SETTING, provider=Provider.SELF_HOSTED,
+             effective_feature="duo_chat"),
+        Case(f"{deployment.config_name}: disabled feature",
+             World(deployment, feature_settings=[FeatureSetting("duo_chat", FeatureProvider.DISABLED)]),
+             "duo_chat", 0, "", SelectionSource.FEATURE_SETTING, provider=Provider.DISABLED),
+        Case(f"{deployment.config_name}: vendored setting falls through to the instance pin",
+             World(deployment, feature_settings=[FeatureSetting("duo_chat", FeatureProvider.VENDORED)],
+                   instance_pins={"duo_chat": PINNED}),
+             "duo_chat", 0, PINNED, SelectionSource.INSTANCE),
+    ]],
+    Case("hybrid: a pinned GitLab-managed model is served", World(DeploymentType.SELF_MANAGED, options=HYBRID,
+         instance_pins={"duo_chat": PINNED}), "duo_chat_explain_code", 0, PINNED, SelectionSource.INSTANCE,
+         effective_feature="duo_chat"),
+    Case("hybrid: a self-hosted feature is served", World(DeploymentType.SELF_MANAGED, options=HYBRID,
+         feature_settings=SELF_HOSTED_CHAT), "duo_chat", 0, "custom_openai/mistral", SelectionSource.FEATURE_SETTING,
+         provider=Provider.SELF_HOSTED),
+    Case("offline: a self-hosted feature is served, the stored pin is not needed",
+         World(DeploymentType.SELF_MANAGED, options=OFFLINE, feature_settings=SELF_HOSTED_CHAT,
+               instance_pins={"duo_chat": PINNED}),
+         "duo_chat", 0, "custom_openai/mistral", SelectionSource.FEATURE_SETTING, provider=Provider.SELF_HOSTED),
+    Case("offline: a disabled feature is disabled, not an error", World(DeploymentType.SELF_MANAGED, options=OFFLINE,
+         feature_settings=[FeatureSetting("duo_chat", FeatureProvider.DISABLED)]), "duo_chat", 0, "",
+         SelectionSource.FEATURE_SETTING, provider=Provider.DISABLED),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", INSTANCE_CASES, ids=[c.name for c in INSTANCE_CASES])
+def test_instance_routing_rule(case: Case) -> None:
+    test_routing_rule(case)
+
+
+NO_MODEL_CASES = [
+    ("hybrid, nothing set", World(DeploymentType.SELF_MANAGED, options=HYBRID), "duo_chat",
+     "self_hosted_ai_gateway", ""),
+    ("hybrid, vendored setting without a pin", World(DeploymentType.SELF_MANAGED, options=HYBRID,
+     feature_settings=[FeatureSetting("duo_chat", FeatureProvider.VENDORED)]), "duo_chat", "self_hosted_ai_gateway",
+     ""),
+    ("hybrid, the pinned model left the catalog", World(DeploymentType.SELF_MANAGED, options=HYBRID,
+     instance_pins={"duo_chat": "retired_model_v1"}), "duo_chat_write_tests", "self_hosted_ai_gateway",
+     "retired_model_v1"),
+    ("offline, nothing set", World(DeploymentType.SELF_MANAGED, options=OFFLINE), "code_completions",
+     "offline_license", ""),
+    ("offline, a stored pin is never used", World(DeploymentType.SELF_MANAGED, options=OFFLINE,
+     instance_pins={"duo_chat": PINNED}), "duo_chat", "offline_license", PINNED),
+    ("offline and hybrid: offline decides", World(DeploymentType.SELF_MANAGED,
+     options=InstanceOptions(self_hosted_ai_gateway=True, offline_license=True), instance_pins={"duo_chat": PINNED}),
+     "duo_chat", "offline_license", PINNED),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "world", "feature", "cause", "pin"), NO_MODEL_CASES, ids=[c[0] for c in NO_MODEL_CASES]
+)
+def test_no_model_configured(name: str, world: World, feature: str, cause: str, pin: str) -> None:
+    with pytest.raises(DuoError) as raised:
+        world.resolve(feature)
+    error = raised.value
+    assert (error.code, error.reason) == (ErrorCode.FAILED_PRECONDITION, NO_MODEL_CONFIGURED)
+    assert error.metadata["feature"] == feature and error.metadata["cause"] == cause
+    assert error.metadata.get("pinned_model", "") == pin
+    assert "assigns a self-hosted model" in error.message and f"instance.{cause}" in error.message
+    if cause == "self_hosted_ai_gateway":
+        assert "pins a GitLab-managed model" in error.message
+    else:
+        assert "pins a GitLab-managed model" not in error.message  # an offline instance cannot
+    if pin:
+        assert pin in error.message
+    snapshot = world.snapshot()
+    assert instance_without_model(snapshot, CATALOG.features[feature]) is not None
+
+
+def test_instance_without_model_only_on_hybrid_or_offline_instances() -> None:
+    for deployment in DeploymentType:
+        assert instance_without_model(World(deployment).snapshot(), CATALOG.features["duo_chat"]) is None
+    served = World(DeploymentType.SELF_MANAGED, options=OFFLINE, feature_settings=SELF_HOSTED_CHAT).snapshot()
+    assert instance_without_model(served, CATALOG.features["duo_chat_fix_code"]) is None
+    assert instance_without_model(served, CATALOG.features["code_completions"]) is not None

@@ -432,7 +432,7 @@ def _models_delete(clients: Clients, args: argparse.Namespace) -> Output:
 def _features_list(clients: Clients, args: argparse.Namespace) -> Output:
     settings = list(clients.admin.iter_feature_settings(LIST_PAGE_SIZE))
     return Table(
-        ["FEATURE", "TITLE", "PROVIDER", "SELF-HOSTED MODEL", "EXPLICIT"],
+        ["FEATURE", "TITLE", "PROVIDER", "SELF-HOSTED MODEL", "EXPLICIT", "NOTE"],
         settings,
         lambda s: [
             s.feature,
@@ -440,6 +440,7 @@ def _features_list(clients: Clients, args: argparse.Namespace) -> Output:
             enum_label(admin_pb2.FeatureProvider.DESCRIPTOR, s.provider),
             s.self_hosted_model_id,
             "yes" if s.explicitly_set else NONE,
+            "no model configured" if s.no_model_configured else "",
         ],
     )
 
@@ -458,9 +459,21 @@ def _selection_table(selections: Sequence[admin_pb2.ModelSelection]) -> Table[ad
             s.offered_model_ref,
             s.effective_model_identifier,
             s.default_model_identifier,
-            "pinned model unavailable, default used" if s.pinned_model_unavailable else "",
+            _selection_note(s),
         ],
     )
+
+
+def _selection_note(selection: admin_pb2.ModelSelection) -> str:
+    notes = []
+    if selection.pinned_model_unavailable:
+        notes.append("pinned model unavailable, default used")
+    if selection.pinned_model_unreachable:
+        notes.append("pinned model unreachable (offline license), not used")
+    if selection.pinned_model_deprecated:
+        removal = selection.deprecation_removal_version
+        notes.append(f"pinned model deprecated (removed in {removal})" if removal else "pinned model deprecated")
+    return "; ".join(notes)
 
 
 def _selected_ref(args: argparse.Namespace) -> str:
@@ -688,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add("refresh-catalog", "fetch the model catalog from the AI Gateway now", _refresh_catalog)
 
-    models = _Commands(commands.add("models", "self-hosted models (Self-Managed)"), "model commands")
+    models = _Commands(commands.add("models", "self-hosted models (Dedicated, Self-Managed)"), "model commands")
     models.add("list", "list self-hosted models", _models_list)
     models.add("get", "show one self-hosted model", _models_get).add_argument("id", help="model id")
     create = models.add("create", "register a self-hosted model", _models_create)
@@ -703,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete = models.add("delete", "delete a self-hosted model (refused while a feature uses it)", _models_delete)
     delete.add_argument("id", help="model id")
 
-    features = _Commands(commands.add("features", "feature settings (Self-Managed)"), "feature commands")
+    features = _Commands(commands.add("features", "feature settings (Dedicated, Self-Managed)"), "feature commands")
     features.add("list", "list every feature with its provider", _features_list)
     feature_set = features.add(
         "set", "serve a feature by the AI Gateway, a self-hosted model, or disable it", _features_set
