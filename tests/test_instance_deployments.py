@@ -27,7 +27,7 @@ async def resolve(sidecar: Sidecar, feature: str, user: int = 1) -> routing_pb2.
     return response
 
 
-async def serve_by(sidecar: Sidecar, feature: str, provider: int, model_id: str = "") -> None:
+async def serve_by(sidecar: Sidecar, feature: str, provider: admin_pb2.FeatureProvider, model_id: str = "") -> None:
     await sidecar.admin.UpdateFeatureSetting(
         admin_pb2.UpdateFeatureSettingRequest(feature=feature, provider=provider, self_hosted_model_id=model_id),
         metadata=ADMIN,
