@@ -103,3 +103,10 @@ def test_gem_builds_with_every_library_file(tmp_path: Path) -> None:
     library = sorted(str(p.relative_to(RUBY_DIR)) for p in (RUBY_DIR / "lib").rglob("*.rb"))
     missing = [path for path in library if path not in listed]
     assert not missing, f"duo_routing.gemspec does not package {missing}"
+
+
+def test_dedicated_and_hybrid_instances(start_sidecar: StartSidecar, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Self-hosted models on Dedicated; NO_MODEL_CONFIGURED as DuoRouting::NoModelConfiguredError on a hybrid one."""
+    dedicated = start_sidecar("dedicated")
+    monkeypatch.setenv("DUO_SIDECAR_INSTANCE_SELF_HOSTED_AI_GATEWAY", "true")
+    run_minitest("instance_deployments_test.rb", {"dedicated": dedicated, "hybrid": start_sidecar("self_managed")})

@@ -66,6 +66,27 @@ module DuoRouting
     end
   end
 
+  # Self-Managed with its own AI Gateway (hybrid) or an offline license: nothing serves the feature, because the
+  # instance has no GitLab-managed default (or reaches no GitLab-managed model) and the admin assigned no
+  # self-hosted model. #message tells the admin what to do; treat the feature as unavailable until then.
+  class NoModelConfiguredError < FailedPreconditionError
+    REASON = "NO_MODEL_CONFIGURED"
+
+    def feature
+      metadata.fetch("feature")
+    end
+
+    # "self_hosted_ai_gateway" or "offline_license": why there is no GitLab-managed model to fall back on.
+    def cause
+      metadata.fetch("cause")
+    end
+
+    # The stored instance pin that cannot be used, or nil.
+    def pinned_model
+      metadata["pinned_model"]
+    end
+  end
+
   # Builds DuoRouting errors from GRPC::BadStatus, decoding the google.rpc.Status details the sidecar sends
   # in the grpc-status-details-bin trailer.
   module ErrorMapper
@@ -103,9 +124,16 @@ module DuoRouting
       error_class(code, attributes[:reason]).new(message, **attributes)
     end
 
+    # FAILED_PRECONDITION reasons that Rails handles on their own.
+    PRECONDITION_CLASSES = {
+      DefaultNamespaceRequiredError::REASON => DefaultNamespaceRequiredError,
+      NoModelConfiguredError::REASON => NoModelConfiguredError
+    }.freeze
+
     def error_class(code, reason)
-      default_namespace_required = code == :FAILED_PRECONDITION && reason == DefaultNamespaceRequiredError::REASON
-      default_namespace_required ? DefaultNamespaceRequiredError : CLASSES.fetch(code, Error)
+      return PRECONDITION_CLASSES.fetch(reason, FailedPreconditionError) if code == :FAILED_PRECONDITION
+
+      CLASSES.fetch(code, Error)
     end
 
     def rpc_status(error)
