@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from sidecar.state import ConfigState
 log = logging.getLogger(__name__)
 
 DEFINITIONS_PATH = "/v1/models%2Fdefinitions"
+CATALOG_REFRESH_FAILED = "CATALOG_REFRESH_FAILED"
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,28 @@ class CatalogRefresher:
         self.completer = completer
         self.cache_path = cache_path
         self.refreshed_at = time.time()  # the catalog was loaded at start; later, when last fetched successfully
+        # Told each failed refresh: "unreachable" (the fetch failed) or "malformed" (the document was refused).
+        self.on_failure: Callable[[str], None] = lambda _kind: None
 
     async def refresh(self) -> RefreshResult:
+        """Fetches, validates and swaps in the AI Gateway's catalog; on any failure the catalog in use stays, and
+        the failure is counted (on_failure) and logged with its reason."""
+        try:
+            return await self._refresh()
+        except DuoError as error:
+            if error.reason != "CATALOG_PINNED":
+                kind = "malformed" if error.reason == CATALOG_REFRESH_FAILED else "unreachable"
+                self.on_failure(kind)
+                log.warning(
+                    "catalog refresh failed (%s), keeping catalog %s: %s",
+                    kind,
+                    self.state.snapshot.catalog.version,
+                    error,
+                    extra={"reason": error.reason},
+                )
+            raise
+
+    async def _refresh(self) -> RefreshResult:
         if self.pinned_path:
             raise failed_precondition(
                 "CATALOG_PINNED",
@@ -84,13 +107,13 @@ class CatalogRefresher:
         except CatalogError as exc:
             raise DuoError(
                 ErrorCode.UNAVAILABLE,
-                "CATALOG_REFRESH_FAILED",
+                CATALOG_REFRESH_FAILED,
                 f"the AI Gateway's model catalog is malformed ({exc}); the current catalog stays in use",
             ) from None
         if not catalog.features:
             raise DuoError(
                 ErrorCode.UNAVAILABLE,
-                "CATALOG_REFRESH_FAILED",
+                CATALOG_REFRESH_FAILED,
                 "the AI Gateway's model catalog lists no features; the current catalog stays in use",
             )
         self.refreshed_at = time.time()
@@ -111,9 +134,5 @@ class CatalogRefresher:
     async def run_periodically(self, interval_seconds: float) -> None:
         while True:
             await asyncio.sleep(interval_seconds)
-            try:
+            with contextlib.suppress(DuoError):  # counted and logged by refresh()
                 await self.refresh()
-            except DuoError as error:
-                log.warning(
-                    "catalog refresh failed, keeping catalog %s: %s", self.state.snapshot.catalog.version, error
-                )

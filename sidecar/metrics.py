@@ -366,6 +366,15 @@ class Metrics:
             ("feature",),
             registry=registry,
         )
+        self.catalog_refresh_failures = Counter(
+            "duo_routing_catalog_refresh_failures_total",
+            "Catalog refreshes from the AI Gateway that kept the catalog in use: reason unreachable (the fetch "
+            "failed) or malformed (the document was refused: unparsable, or failing the gateway's own checks).",
+            ("reason",),
+            registry=registry,
+        )
+        for kind in ("unreachable", "malformed"):
+            self.catalog_refresh_failures.labels(kind)
         self.auth_failures = Counter(
             "duo_routing_auth_failures_total",
             "Calls whose credentials failed; enforced=false: transitioning mode let the call through.",
@@ -495,6 +504,10 @@ class Metrics:
     def no_model_configured_for(self, feature: str) -> None:
         """A request refused with NO_MODEL_CONFIGURED."""
         self.no_model_configured.labels(self.feature_label(feature)).inc()
+
+    def catalog_refresh_failed(self, kind: str) -> None:
+        """A catalog refresh that kept the catalog in use; kind is unreachable or malformed."""
+        self.catalog_refresh_failures.labels(kind if kind in ("unreachable", "malformed") else OTHER).inc()
 
     def auth_failure(self, reason: str, enforced: bool) -> None:
         """For the auth interceptor: a call whose credentials failed. `reason` is the ErrorInfo reason

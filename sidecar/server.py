@@ -351,6 +351,7 @@ class Sidecar:
             "Seconds since the model catalog in use was loaded at start or last fetched from the AI Gateway.",
             lambda: max(0.0, time.time() - refresher.refreshed_at),
         )
+        refresher.on_failure = metrics.catalog_refresh_failed
         metrics.gauge(
             "duo_routing_catalog_refresh_interval_seconds",
             "instance.catalog_refresh_seconds in effect (0: the catalog is never refreshed).",
