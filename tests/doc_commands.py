@@ -9,6 +9,8 @@ A page marks where a fresh sidecar starts with an HTML comment (invisible when r
   `duo-admin test-model` and `duo-admin complete` examples;
 - `files`: comma-separated file names created (with a dummy secret) in the directory the commands run in, such as
   the API token file a `--api-token-file` example reads.
+- `instance`: comma-separated `key:value` pairs of the sidecar's `[instance]` keys beyond the deployment type,
+  such as `instance=self_hosted_ai_gateway:true` (set through DUO_SIDECAR_INSTANCE_<KEY>).
 
 Every console block after a marker belongs to that marker's session; sessions run in order of the page, each on a
 fresh database. In a block, `$ duo-admin ...` is a command (a trailing backslash continues it on the next line) and
@@ -72,19 +74,26 @@ class Session:
     upstream: str = ""
     files: list[str] = field(default_factory=list)
     commands: list[ShownCommand] = field(default_factory=list)
+    instance: dict[str, str] = field(default_factory=dict)
+
+    def environment(self) -> dict[str, str]:
+        return {f"DUO_SIDECAR_INSTANCE_{key.upper()}": value for key, value in self.instance.items()}
 
 
 def _marker_settings(text: str, line: int) -> Session:
     settings: dict[str, str] = {}
     for item in text.split():
         key, sep, value = item.partition("=")
-        if not sep or key not in ("deployment", "upstream", "files"):
-            raise ValueError(f"line {line}: doc-test marker: expected deployment=, upstream= or files=, got {item!r}")
+        if not sep or key not in ("deployment", "upstream", "files", "instance"):
+            raise ValueError(
+                f"line {line}: doc-test marker: expected deployment=, upstream=, files= or instance=, got {item!r}"
+            )
         settings[key] = value
     if "deployment" not in settings:
         raise ValueError(f"line {line}: doc-test marker without deployment=")
     files = [name for name in settings.get("files", "").split(",") if name]
-    return Session(settings["deployment"], line, settings.get("upstream", ""), files)
+    instance = dict(pair.split(":", 1) for pair in settings.get("instance", "").split(",") if pair)
+    return Session(settings["deployment"], line, settings.get("upstream", ""), files, instance=instance)
 
 
 def shown_commands(block: str) -> list[ShownCommand]:
@@ -201,6 +210,20 @@ def shows_whole_output(shown: list[str], actual: list[str], bindings: dict[str, 
     return match(0, 0)
 
 
+@contextmanager
+def patched_environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, before in saved.items():
+            if before is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = before
+
+
 def run_session(
     session: Session, start_sidecar: StartSidecar, workdir: Path, page: str, *, whole_outputs: bool = False
 ) -> None:
@@ -212,7 +235,8 @@ def run_session(
     workdir.mkdir(parents=True, exist_ok=True)
     for name in session.files:
         (workdir / name).write_text(DUMMY_SECRET + "\n")
-    sidecar = start_sidecar(session.deployment)
+    with patched_environment(session.environment()):  # the sidecar process inherits it
+        sidecar = start_sidecar(session.deployment)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("DUO_ADMIN_")},
         "PATH": f"{BIN}:{os.environ['PATH']}",
