@@ -15,7 +15,7 @@ from pathlib import Path
 from sidecar.catalog import Catalog, CatalogError, bundled_features_metadata, load_catalog, parse_catalog
 from sidecar.completion import Completer
 from sidecar.errors import DuoError, ErrorCode, failed_precondition
-from sidecar.snapshot import Snapshot
+from sidecar.snapshot import Snapshot, offered_catalog
 from sidecar.state import ConfigState
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,9 @@ class CatalogRefresher:
             self._save(document)
             await self.state.replace_catalog(catalog)
             log.info("model catalog refreshed: %s -> %s", previous.version, catalog.version)
-        return RefreshResult(catalog.version, changed, unavailable_pins(self.state.snapshot, catalog))
+        # The catalog as offered (team-only models with instance.offer_team_only_models), as routing sees it.
+        offered = self.state.snapshot.catalog if changed else offered_catalog(catalog, self.state.snapshot.options)
+        return RefreshResult(catalog.version, changed, unavailable_pins(self.state.snapshot, offered))
 
     def _save(self, document: object) -> None:
         self.cache_path.parent.mkdir(parents=True, exist_ok=True)

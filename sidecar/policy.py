@@ -5,10 +5,11 @@ No I/O and no gRPC types: the servicers translate, this module decides.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import NamedTuple, TypeVar
 
-from sidecar.catalog import FeatureInfo
+from sidecar.catalog import Catalog, Deprecation, FeatureInfo
 from sidecar.domain import DeploymentType, FeatureProvider, Provider, SelectionSource, SelfHostedModel
 from sidecar.errors import DuoError, ErrorCode, PreconditionViolation, failed_precondition, invalid_argument
 from sidecar.snapshot import InstanceOptions, Snapshot
@@ -41,6 +42,9 @@ class Resolution(NamedTuple):
     config_version: int
     effective_feature: str
     self_hosted_model: SelfHostedModel | None = None
+    pinned_model_deprecated: bool = False
+    deprecation_removal_version: str = ""
+    default_model_group: str = ""  # the `__default__<feature>` group the model was drawn from
 
 
 class Choice(NamedTuple):
@@ -131,8 +135,14 @@ def resolve(
         )
     info = feature_info(snapshot, feature)
     if snapshot.deployment_type is DeploymentType.GITLAB_COM:
-        return _resolve_gitlab_com(snapshot, user_id, user, info, root_namespace_id)
-    return _resolve_instance(snapshot, info)
+        resolution = _resolve_gitlab_com(snapshot, user_id, user, info, root_namespace_id)
+    else:
+        resolution = _resolve_instance(snapshot, info)
+    if resolution.provider is Provider.GITLAB_AI_GATEWAY and (
+        info.default_model_group or not resolution.gitlab_default
+    ):
+        return _catalog_flags(snapshot, info, user_id, user, resolution)
+    return resolution
 
 
 def _catalog_resolution(
@@ -306,3 +316,110 @@ def instance_without_model(snapshot: Snapshot, info: FeatureInfo) -> DuoError | 
     if setting is not None and setting.provider is not FeatureProvider.VENDORED:
         return None  # self-hosted or disabled: rule 1 answers
     return no_model_configured(snapshot.options, info, choose(snapshot.instance_pins, info), snapshot.instance_pins)
+
+
+# -- the catalog's load-balanced defaults and deprecations (DESIGN section 3, "Everywhere") ---------------------
+
+# The sources whose model is a scope's pin: a deprecated one is flagged (a user's own choice is not a pin).
+PIN_SOURCES = frozenset(
+    {
+        SelectionSource.CONTEXT_NAMESPACE,
+        SelectionSource.DEFAULT_NAMESPACE,
+        SelectionSource.SOLE_SEAT_NAMESPACE,
+        SelectionSource.UNANIMOUS_SEAT_NAMESPACES,
+        SelectionSource.INSTANCE,
+    }
+)
+_feature_crcs: dict[str, int] = {}
+_MODEL_IDENTIFIER = Resolution._fields.index("model_identifier")
+_MODEL_NAME = Resolution._fields.index("model_name")
+_DEPRECATED = Resolution._fields.index("pinned_model_deprecated")
+_REMOVAL_VERSION = Resolution._fields.index("deprecation_removal_version")
+_DEFAULT_MODEL_GROUP = Resolution._fields.index("default_model_group")
+
+
+def stable_bucket(user_id: int, feature: str, buckets: int) -> int:
+    """The same bucket for a user and feature in every process, version and restart, spread evenly: CRC-32 of the
+    user id's 8 bytes, seeded with the CRC-32 of the feature name (cached). Not Python's hash(): salted per process."""
+    seed = _feature_crcs.get(feature)
+    if seed is None:
+        seed = _feature_crcs[feature] = zlib.crc32(feature.encode())
+    return zlib.crc32(user_id.to_bytes(8, "little"), seed) % buckets
+
+
+def balanced_default(info: FeatureInfo, user_id: int) -> str:
+    """The real model a user gets from a feature's default: the only one, or one of several by stable hash."""
+    defaults = info.default_models
+    if len(defaults) < 2:
+        return info.default_model
+    return defaults[stable_bucket(user_id, info.name, len(defaults))]
+
+
+def pin_deprecation(catalog: Catalog, info: FeatureInfo, identifier: str) -> Deprecation | None:
+    """The model's deprecation for this feature, else its global one; None when it is not deprecated."""
+    deprecation = info.deprecated_models.get(identifier)
+    if deprecation is None:
+        model = catalog.models.get(identifier)
+        deprecation = model.deprecation if model is not None else None
+    return deprecation
+
+
+def _catalog_flags(
+    snapshot: Snapshot, info: FeatureInfo, user_id: int, user: UserRouting, res: Resolution
+) -> Resolution:
+    """A GitLab-managed answer, completed: a default drawn from a load-balanced group names one real model and the
+    group; a pin on a deprecated model is flagged with its removal version."""
+    if info.default_model_group and res.source is SelectionSource.UNANIMOUS_SEAT_NAMESPACES:
+        _check_unanimous_with_balanced_default(snapshot, info, user_id, user)
+    if not res.gitlab_default:
+        if res.source not in PIN_SOURCES:
+            return res
+        deprecation = pin_deprecation(snapshot.catalog, info, res.model_identifier)
+        if deprecation is None:
+            return res
+        values = list(res)  # NamedTuple._replace costs 4x more on the hot path
+        values[_DEPRECATED] = True
+        values[_REMOVAL_VERSION] = deprecation.removal_version
+        return Resolution._make(values)
+    if not info.default_model_group:
+        return res
+    identifier = balanced_default(info, user_id)
+    values = list(res)
+    values[_MODEL_IDENTIFIER] = identifier
+    values[_MODEL_NAME] = snapshot.catalog.model(identifier).name
+    values[_DEFAULT_MODEL_GROUP] = info.default_model_group
+    return Resolution._make(values)
+
+
+def _check_unanimous_with_balanced_default(
+    snapshot: Snapshot, info: FeatureInfo, user_id: int, user: UserRouting
+) -> None:
+    """Rule 5 again with the user's real default: a namespace pinning one of the balanced defaults agrees with the
+    unpinned ones only when the hash gives the user that model."""
+    mine = balanced_default(info, user_id)
+    candidates = sorted(user.seats)
+    answers = set()
+    for namespace_id in candidates:
+        choice = choose(snapshot.namespace_pins.get(namespace_id), info)
+        answers.add(choice.identifier if choice.pinned else mine)
+    if len(answers) > 1:
+        raise default_namespace_required(user_id, info.name, candidates)
+
+
+def deprecated_pins(snapshot: Snapshot) -> dict[tuple[str, str, str], int]:
+    """Stored pins (instance and namespace) on deprecated models: (feature, model, removal version) -> count."""
+    counts: dict[tuple[str, str, str], int] = {}
+    features = snapshot.catalog.features
+
+    def count(pins: Mapping[str, str]) -> None:
+        for feature, ref in pins.items():
+            info = features.get(feature)
+            deprecation = pin_deprecation(snapshot.catalog, info, ref) if info is not None else None
+            if deprecation is not None:
+                key = (feature, ref, deprecation.removal_version)
+                counts[key] = counts.get(key, 0) + 1
+
+    count(snapshot.instance_pins)
+    for pins in snapshot.namespace_pins.values():
+        count(pins)
+    return counts

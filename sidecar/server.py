@@ -13,6 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
+from sidecar import policy
 from sidecar.admission import Admission, max_request_bytes
 from sidecar.auth import AuthInterceptor, Secrets
 from sidecar.catalog import Catalog
@@ -125,6 +126,24 @@ def open_store(config: Config) -> Store:
     if config.storage.backend == "postgres":
         return PostgresStore(config.storage.dsn, timeout_seconds=timeout)
     return SQLiteStore(Path(config.storage.path), timeout_seconds=timeout)
+
+
+class DeprecatedPins:
+    """duo_routing_deprecated_model_pins, counted again only when the pins or the catalog changed."""
+
+    def __init__(self, state: ConfigState) -> None:
+        self._state = state
+        self._counted: tuple[object, object, object] | None = None
+        self._samples: list[tuple[tuple[str, ...], float]] = []
+
+    def read(self) -> list[tuple[tuple[str, ...], float]]:
+        snapshot = self._state.snapshot
+        inputs = (snapshot.catalog, snapshot.instance_pins, snapshot.namespace_pins)
+        if self._counted is None or any(a is not b for a, b in zip(inputs, self._counted, strict=True)):
+            counts = policy.deprecated_pins(snapshot)
+            self._samples = [(key, float(n)) for key, n in sorted(counts.items())]
+            self._counted = inputs
+        return self._samples
 
 
 class Sidecar:
@@ -362,6 +381,13 @@ class Sidecar:
             "Always 1; catalog_version names the catalog in use.",
             ("catalog_version",),
             lambda: [((state.snapshot.catalog.version,), 1.0)],
+        )
+        metrics.gauge_family(
+            "duo_routing_deprecated_model_pins",
+            "Stored pins (instance and namespace) on a model deprecated globally or for the feature, by feature, "
+            "model and the GitLab version that removes it; they are still served until then.",
+            ("feature", "model", "removal_version"),
+            DeprecatedPins(state).read,
         )
         metrics.gauge_family(
             "duo_routing_upstream_circuit_state",

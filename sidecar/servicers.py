@@ -15,7 +15,7 @@ from google.protobuf import timestamp_pb2
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc, types_pb2
 from sidecar import __version__, logs, policy
-from sidecar.catalog import CatalogModel, FeatureInfo
+from sidecar.catalog import Catalog, CatalogModel, Deprecation, FeatureInfo
 from sidecar.catalog_refresh import CatalogRefresher
 from sidecar.completion import Completer, completion_input
 from sidecar.control import (
@@ -59,6 +59,11 @@ def resolution_to_proto(res: policy.Resolution) -> routing_pb2.ResolveModelRespo
         config_version=str(res.config_version),
         effective_feature=res.effective_feature,
     )
+    if res.default_model_group:
+        response.default_model_group = res.default_model_group
+    if res.pinned_model_deprecated:
+        response.pinned_model_deprecated = True
+        response.deprecation_removal_version = res.deprecation_removal_version
     model = res.self_hosted_model
     if model is not None:
         response.self_hosted_model_id = model.id
@@ -112,8 +117,41 @@ def _model_to_proto(model: SelfHostedModel) -> admin_pb2.SelfHostedModel:
     )
 
 
-def _catalog_model(model: CatalogModel) -> admin_pb2.CatalogModel:
-    return admin_pb2.CatalogModel(identifier=model.identifier, name=model.name, provider=model.provider)
+def _catalog_model(model: CatalogModel, deprecation: Deprecation | None = None) -> admin_pb2.CatalogModel:
+    deprecation = deprecation or model.deprecation
+    return admin_pb2.CatalogModel(
+        identifier=model.identifier,
+        name=model.name,
+        provider=model.provider,
+        cost_indicator=model.cost_indicator,
+        max_context_tokens=model.max_context_tokens,
+        deprecation_date=deprecation.deprecation_date if deprecation else "",
+        removal_version=deprecation.removal_version if deprecation else "",
+    )
+
+
+def _selectable_models(catalog: Catalog, info: FeatureInfo) -> admin_pb2.SelectableModels:
+    """A feature's models as ListSelectableModels shows them (deprecations for this feature win over global ones)."""
+
+    def model(identifier: str) -> admin_pb2.CatalogModel:
+        return _catalog_model(catalog.model(identifier), info.deprecated_models.get(identifier))
+
+    return admin_pb2.SelectableModels(
+        feature=info.name,
+        title=info.title,
+        default_model=model(info.default_model),
+        selectable_models=[model(m) for m in info.selectable_models],
+        beta_models=[model(m) for m in info.beta_models],
+        compatible_families=_families(info),
+        parent_feature=info.parent or "",
+        unit_primitives=list(info.unit_primitives),
+        default_model_group=info.default_model_group,
+        default_models=[model(m) for m in info.default_models],
+        deprecated_models=[model(m) for m in info.deprecated_models],
+        user_selectable=info.user_selectable,
+        team_only_models=[model(m) for m in info.team_only_models],
+        models_for_tags=dict(info.models_for_tags),
+    )
 
 
 def _families(info: FeatureInfo) -> list[types_pb2.ModelFamily]:
@@ -378,6 +416,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             namespace_id=namespace_id,
             explicitly_set=bool(own),
         )
+        if choice.pinned:
+            deprecation = policy.pin_deprecation(snapshot.catalog, info, choice.identifier)
+            if deprecation is not None:
+                selection.pinned_model_deprecated = True
+                selection.deprecation_removal_version = deprecation.removal_version
+        elif info.default_model_group:  # each user gets one of the group's models
+            selection.effective_model_identifier = info.default_model_group
+            selection.effective_model_name = snapshot.catalog.model(info.default_model_group).name
         if not namespace_id:
             _instance_reachability(selection, snapshot, info, choice)
         return selection
@@ -469,19 +515,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             STR_KEY,
         )
         return admin_pb2.ListSelectableModelsResponse(
-            features=[
-                admin_pb2.SelectableModels(
-                    feature=f.name,
-                    title=f.title,
-                    default_model=_catalog_model(catalog.model(f.default_model)),
-                    selectable_models=[_catalog_model(catalog.model(m)) for m in f.selectable_models],
-                    beta_models=[_catalog_model(catalog.model(m)) for m in f.beta_models],
-                    compatible_families=_families(f),
-                    parent_feature=f.parent or "",
-                    unit_primitives=list(f.unit_primitives),
-                )
-                for f in page
-            ],
+            features=[_selectable_models(catalog, f) for f in page],
             next_page_token=token,
             catalog_version=catalog.version,
         )

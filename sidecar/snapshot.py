@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TypeVar
 
 import immutables
@@ -33,6 +34,18 @@ class InstanceOptions:
 
 
 NO_OPTIONS = InstanceOptions()
+
+
+def offered_catalog(catalog: Catalog, options: InstanceOptions) -> Catalog:
+    """The catalog as this instance offers it: with instance.offer_team_only_models, each feature's team-only models
+    (the catalog's dev.selectable_models) are selectable too; otherwise they are not."""
+    if not options.offer_team_only_models:
+        return catalog
+    features = {}
+    for name, info in catalog.features.items():
+        added = tuple(m for m in info.team_only_models if m not in info.selectable_models)  # idempotent
+        features[name] = dataclasses.replace(info, selectable_models=info.selectable_models + added) if added else info
+    return dataclasses.replace(catalog, features=MappingProxyType(features))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import immutables
 
 from sidecar.catalog import Catalog
 from sidecar.domain import ChangeRecord, DeploymentType
-from sidecar.snapshot import NO_OPTIONS, InstanceOptions, Snapshot
+from sidecar.snapshot import NO_OPTIONS, InstanceOptions, Snapshot, offered_catalog
 from sidecar.store.base import Store, StoredState, schema_too_new_message
 from sidecar.store.migrations import LATEST_VERSION
 from sidecar.tokens import Keyring
@@ -44,7 +44,7 @@ def build_snapshot(
         pins.setdefault(namespace_id, {})[feature] = ref
     return Snapshot(
         deployment_type=deployment,
-        catalog=catalog,
+        catalog=offered_catalog(catalog, options),
         config_version=state.config_version,
         self_hosted_models=immutables.Map({m.id: m for m in state.self_hosted_models}),
         feature_settings=immutables.Map({s.feature: s for s in state.feature_settings}),
@@ -120,7 +120,7 @@ class ConfigState:
     async def replace_catalog(self, catalog: Catalog) -> None:
         """Swaps in a refreshed catalog; pins it no longer offers route to defaults from now on."""
         async with self._apply_lock:
-            self._publish(self._snapshot.with_catalog(catalog))
+            self._publish(self._snapshot.with_catalog(offered_catalog(catalog, self._snapshot.options)))
 
     # -- applying changes ---------------------------------------------------------------------------
 

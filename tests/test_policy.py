@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from sidecar.catalog import load_catalog
+from sidecar.catalog import Deprecation, load_catalog
 from sidecar.domain import (
     DeploymentType,
     FeatureProvider,
@@ -24,11 +24,14 @@ from sidecar.policy import (
     DEFAULT_NAMESPACE_REQUIRED_MESSAGE,
     NO_MODEL_CONFIGURED,
     Resolution,
+    balanced_default,
+    deprecated_pins,
     instance_without_model,
     resolve,
+    stable_bucket,
     user_defaults,
 )
-from sidecar.snapshot import NO_OPTIONS, InstanceOptions, Snapshot
+from sidecar.snapshot import NO_OPTIONS, InstanceOptions, Snapshot, offered_catalog
 from sidecar.state import build_snapshot
 from sidecar.store.base import StoredState
 from sidecar.users import UserRouting
@@ -337,3 +340,169 @@ def test_instance_without_model_only_on_hybrid_or_offline_instances() -> None:
     served = World(DeploymentType.SELF_MANAGED, options=OFFLINE, feature_settings=SELF_HOSTED_CHAT).snapshot()
     assert instance_without_model(served, CATALOG.features["duo_chat_fix_code"]) is None
     assert instance_without_model(served, CATALOG.features["code_completions"]) is not None
+
+
+# -- load-balanced defaults (DESIGN section 3, "Everywhere") ----------------------------------------------------
+
+GROUPED = "glab_ask_git_command"  # two defaults behind __default__glab_ask_git_command in the bundled catalog
+GROUPED_INFO = CATALOG.features[GROUPED]
+
+
+def test_the_bundled_catalog_has_balanced_defaults() -> None:
+    grouped = [f for f in CATALOG.features.values() if f.default_model_group]
+    assert len(grouped) >= 2 and GROUPED_INFO.default_model_group == f"__default__{GROUPED}"
+    assert len(GROUPED_INFO.default_models) == 2
+
+
+@pytest.mark.parametrize("deployment", list(DeploymentType))
+def test_a_balanced_default_answers_one_real_model_per_user(deployment: DeploymentType) -> None:
+    world = World(deployment)
+    answers = {user: world.resolve(GROUPED, user_id=user) for user in range(1, 201)}
+    for res in answers.values():
+        assert res.model_identifier in GROUPED_INFO.default_models  # never the pseudo-model
+        assert res.default_model_group == GROUPED_INFO.default_model_group
+        assert res.gitlab_default and res.source is SelectionSource.GITLAB_DEFAULT
+        assert res.model_name == CATALOG.models[res.model_identifier].name
+    assert {r.model_identifier for r in answers.values()} == set(GROUPED_INFO.default_models)
+    again = World(deployment)  # another snapshot, as another process or a restart would build
+    assert all(again.resolve(GROUPED, user_id=u).model_identifier == r.model_identifier for u, r in answers.items())
+    single = world.resolve("duo_chat")
+    assert single.default_model_group == "" and single.model_identifier == CHAT_DEFAULT
+
+
+def test_balanced_defaults_spread_evenly_over_10000_users() -> None:
+    snapshot = World(DeploymentType.SELF_MANAGED).snapshot()
+    for info in (f for f in CATALOG.features.values() if f.default_model_group):
+        counts = dict.fromkeys(info.default_models, 0)
+        for user in range(1, 10_001):
+            counts[resolve(snapshot, user, info.name, 0).model_identifier] += 1
+        share = 10_000 / len(info.default_models)
+        for model, count in counts.items():
+            assert abs(count - share) <= 0.03 * share, f"{info.name}: {model} served {count} of 10000 users"
+    # Users far apart in id space and features of their own spread too: not an artefact of consecutive ids.
+    counts = dict.fromkeys(GROUPED_INFO.default_models, 0)
+    for user in range(1, 10_001):
+        counts[balanced_default(GROUPED_INFO, user * 7_919_993 + 12_345)] += 1
+    assert all(abs(c - 5_000) <= 150 for c in counts.values()), counts
+
+
+def test_the_stable_hash_is_fixed() -> None:
+    """The bucket is part of the contract with conversations and prompt caches: the same in every process and release
+    (CRC-32 of the user id's 8 little-endian bytes, seeded with the CRC-32 of the feature name)."""
+    users = (1, 2, 3, 42, 10**12)
+    assert [stable_bucket(u, GROUPED, 2) for u in users] == [1, 0, 0, 1, 0]
+    assert [stable_bucket(u, "duo_agent_platform_agentic_chat", 3) for u in users] == [2, 2, 1, 2, 2]
+    assert stable_bucket(42, GROUPED, 2**32) == 462654055
+
+
+def test_a_pin_and_an_unavailable_pin_on_a_balanced_feature() -> None:
+    pinned = GROUPED_INFO.selectable_models[-1]
+    res = World(DeploymentType.DEDICATED, instance_pins={GROUPED: pinned}).resolve(GROUPED)
+    assert (res.model_identifier, res.default_model_group, res.gitlab_default) == (pinned, "", False)
+    gone = World(DeploymentType.DEDICATED, instance_pins={GROUPED: "retired_model_v1"}).resolve(GROUPED, user_id=9)
+    assert gone.pinned_model_unavailable and gone.model_identifier in GROUPED_INFO.default_models
+    assert gone.default_model_group == GROUPED_INFO.default_model_group
+
+
+def test_seat_namespaces_agree_only_when_the_users_default_is_the_pinned_one() -> None:
+    """Rule 5 with a balanced default: a namespace pinning one of the defaults agrees with an unpinned namespace
+    only for the users the hash gives that model."""
+    first = GROUPED_INFO.default_models[0]
+    world = World(seats=[(u, ns) for u in range(1, 41) for ns in (10, 20)], namespace_pins=[(10, GROUPED, first)])
+    for user in range(1, 41):
+        mine = balanced_default(GROUPED_INFO, user)
+        if mine == first:
+            res = world.resolve(GROUPED, user_id=user)
+            assert (res.model_identifier, res.source) == (first, SelectionSource.UNANIMOUS_SEAT_NAMESPACES)
+        else:
+            with pytest.raises(DuoError) as raised:
+                world.resolve(GROUPED, user_id=user)
+            assert raised.value.reason == DEFAULT_NAMESPACE_REQUIRED
+    unpinned = World(seats=[(1, 10), (1, 20)]).resolve(GROUPED)
+    assert unpinned.model_identifier == balanced_default(GROUPED_INFO, 1)
+    assert unpinned.default_model_group == GROUPED_INFO.default_model_group
+
+
+# -- deprecations -----------------------------------------------------------------------------------------------
+
+# Deprecated globally (models[].deprecation) and selectable for duo_agent_platform; deprecated for one feature only.
+GLOBAL = next(m for m in CATALOG.features["duo_agent_platform"].selectable_models if CATALOG.models[m].deprecation)
+PER_FEATURE_FEATURE = next(f for f in CATALOG.features.values() if f.deprecated_models)
+PER_FEATURE = next(iter(PER_FEATURE_FEATURE.deprecated_models))
+
+DEPRECATION_CASES = [
+    ("global, instance pin", World(DeploymentType.SELF_MANAGED, instance_pins={"duo_agent_platform": GLOBAL}),
+     "duo_agent_platform", 0, GLOBAL, CATALOG.models[GLOBAL].deprecation),
+    ("global, namespace pin", World(namespace_pins=[(10, "duo_agent_platform", GLOBAL)]), "duo_agent_platform", 10,
+     GLOBAL, CATALOG.models[GLOBAL].deprecation),
+    ("for the feature, dedicated", World(DeploymentType.DEDICATED,
+     instance_pins={PER_FEATURE_FEATURE.name: PER_FEATURE}), PER_FEATURE_FEATURE.name, 0, PER_FEATURE,
+     PER_FEATURE_FEATURE.deprecated_models[PER_FEATURE]),
+    ("for the feature, sole seat", World(seats=[(1, 10)], namespace_pins=[(10, PER_FEATURE_FEATURE.name,
+     PER_FEATURE)]), PER_FEATURE_FEATURE.name, 0, PER_FEATURE, PER_FEATURE_FEATURE.deprecated_models[PER_FEATURE]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "world", "feature", "root", "model", "deprecation"),
+    DEPRECATION_CASES,
+    ids=[c[0] for c in DEPRECATION_CASES],
+)
+def test_a_pin_on_a_deprecated_model_is_served_and_flagged(
+    name: str, world: World, feature: str, root: int, model: str, deprecation: Deprecation
+) -> None:
+    res = world.resolve(feature, root)
+    assert (res.model_identifier, res.gitlab_default, res.pinned_model_unavailable) == (model, False, False)
+    assert res.pinned_model_deprecated and res.deprecation_removal_version == deprecation.removal_version != ""
+
+
+def test_only_pins_are_flagged_deprecated() -> None:
+    deprecated_default = next(f for f in CATALOG.features.values() if CATALOG.models[f.default_model].deprecation)
+    res = World(DeploymentType.SELF_MANAGED).resolve(deprecated_default.name)
+    assert res.gitlab_default and not res.pinned_model_deprecated  # a default is GitLab's to replace
+    # The per-feature deprecation does not follow the model into other features.
+    other = next(
+        f for f in CATALOG.features.values() if f.is_selectable(PER_FEATURE) and PER_FEATURE not in f.deprecated_models
+    )
+    assert (
+        not World(DeploymentType.SELF_MANAGED, instance_pins={other.name: PER_FEATURE})
+        .resolve(other.name)
+        .pinned_model_deprecated
+    )
+    snapshot = World(
+        DeploymentType.SELF_MANAGED,
+        instance_pins={other.name: PER_FEATURE, PER_FEATURE_FEATURE.name: PER_FEATURE, "duo_agent_platform": GLOBAL},
+    ).snapshot()
+    assert deprecated_pins(snapshot) == {
+        (PER_FEATURE_FEATURE.name, PER_FEATURE, PER_FEATURE_FEATURE.deprecated_models[PER_FEATURE].removal_version): 1,
+        ("duo_agent_platform", GLOBAL, CATALOG.models[GLOBAL].deprecation.removal_version): 1,  # type: ignore[union-attr]
+    }
+
+
+# -- team-only models -------------------------------------------------------------------------------------------
+
+TEAM_ONLY_FEATURE = next(f for f in CATALOG.features.values() if f.team_only_models)
+TEAM_ONLY = TEAM_ONLY_FEATURE.team_only_models[0]
+
+
+def test_team_only_models_are_offered_only_when_the_operator_turns_them_on() -> None:
+    assert not TEAM_ONLY_FEATURE.is_selectable(TEAM_ONLY)
+    off = World(DeploymentType.SELF_MANAGED, instance_pins={TEAM_ONLY_FEATURE.name: TEAM_ONLY})
+    res = off.resolve(TEAM_ONLY_FEATURE.name)
+    assert res.pinned_model_unavailable and res.model_identifier != TEAM_ONLY
+    on = World(
+        DeploymentType.SELF_MANAGED,
+        instance_pins={TEAM_ONLY_FEATURE.name: TEAM_ONLY},
+        options=InstanceOptions(offer_team_only_models=True),
+    )
+    res = on.resolve(TEAM_ONLY_FEATURE.name)
+    assert (res.model_identifier, res.source, res.pinned_model_unavailable) == (
+        TEAM_ONLY,
+        SelectionSource.INSTANCE,
+        False,
+    )
+    offered = on.snapshot().catalog
+    assert offered.features[TEAM_ONLY_FEATURE.name].is_selectable(TEAM_ONLY)
+    assert offered_catalog(offered, InstanceOptions(offer_team_only_models=True)) == offered  # idempotent
+    unrelated = next(f for f in CATALOG.features.values() if not f.team_only_models)
+    assert offered.features[unrelated.name] is CATALOG.features[unrelated.name]

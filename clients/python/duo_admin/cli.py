@@ -502,15 +502,28 @@ def _namespace_models_set(clients: Clients, args: argparse.Namespace) -> Output:
 def _catalog(clients: Clients, args: argparse.Namespace) -> Output:
     features = list(clients.admin.iter_selectable_models(args.feature or "", LIST_PAGE_SIZE))
     return Table(
-        ["FEATURE", "DEFAULT", "SELECTABLE", "BETA"],
+        ["FEATURE", "DEFAULT", "SELECTABLE", "BETA", "DEPRECATED", "TEAM-ONLY"],
         features,
         lambda f: [
             f.feature,
-            f.default_model.identifier,
+            _catalog_default(f),
             ",".join(m.identifier for m in f.selectable_models),
             ",".join(m.identifier for m in f.beta_models),
+            ",".join(dict.fromkeys(_deprecated_label(m) for m in f.selectable_models if m.removal_version)),
+            ",".join(m.identifier for m in f.team_only_models),
         ],
     )
+
+
+def _catalog_default(feature: admin_pb2.SelectableModels) -> str:
+    """The default model, or a load-balanced group with the real models behind it."""
+    if feature.default_model_group:
+        return f"{feature.default_model_group} ({','.join(m.identifier for m in feature.default_models)})"
+    return feature.default_model.identifier
+
+
+def _deprecated_label(model: admin_pb2.CatalogModel) -> str:
+    return f"{model.identifier} (removed in {model.removal_version})"
 
 
 def _seats_sync(clients: Clients, args: argparse.Namespace) -> Output:
