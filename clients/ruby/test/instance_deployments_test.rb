@@ -31,6 +31,30 @@ class InstanceDeploymentsTest < Minitest::Test
     @dedicated_admin.set_feature("duo_chat", :FEATURE_PROVIDER_VENDORED)
   end
 
+  def test_answers_name_the_default_group_and_deprecated_pins
+    route = @dedicated.resolve_model(user_id: 7, feature: "glab_ask_git_command")
+    assert_equal "__default__glab_ask_git_command", route.default_model_group
+    refute_equal route.default_model_group, route.model_identifier
+    assert route.gitlab_default
+
+    listed = @dedicated_admin.call(:list_selectable_models,
+                                   V1::ListSelectableModelsRequest.new(feature: "duo_agent_platform"))
+    deprecated = listed.features.first.selectable_models.find { |m| !m.removal_version.empty? }
+    pin_agents(deprecated.identifier)
+    route = @dedicated.resolve_model(user_id: 7, feature: "duo_agent_platform")
+    assert_equal deprecated.identifier, route.model_identifier
+    assert route.pinned_model_deprecated
+    assert_equal deprecated.removal_version, route.deprecation_removal_version
+  ensure
+    pin_agents("")
+  end
+
+  def pin_agents(model)
+    @dedicated_admin.call(:update_instance_model_selection,
+                          V1::UpdateInstanceModelSelectionRequest.new(feature: "duo_agent_platform",
+                                                                      offered_model_ref: model))
+  end
+
   def test_hybrid_feature_without_a_model_raises_no_model_configured
     error = assert_raises(DuoRouting::NoModelConfiguredError) do
       @hybrid.resolve_model(user_id: 1, feature: "code_generations")
