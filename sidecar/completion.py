@@ -202,7 +202,8 @@ class Completer:
                 feature=resolution.effective_feature,
                 unit_primitive=info.unit_primitives[0] if info.unit_primitives else info.name,
                 model_identifier=resolution.model_identifier,
-                gitlab_default=resolution.gitlab_default,
+                # A model drawn from a balanced default is named, so the gateway runs the user's own model.
+                gitlab_default=resolution.gitlab_default and not resolution.default_model_group,
                 user_id=request.user_id,
                 namespace_ids=[resolution.governing_namespace_id] if resolution.governing_namespace_id else [],
                 messages=request.messages,

@@ -12,12 +12,14 @@ import pytest
 
 from gitlab.duo.routing.v1 import admin_pb2, routing_pb2
 from sidecar.catalog import load_catalog
+from tests.completion import collect, complete_request
 from tests.conftest import Sidecar, StartServer, StartSidecar
 from tests.helpers import REPO
 from tests.model_selection import seats
 from tests.scrape import scrape, value
 from tests.test_admin_rpcs import rpc_error
 from tests.test_cli import DuoAdmin
+from tests.upstreams import serve_upstream
 
 CATALOG = load_catalog()
 DEPLOYMENTS = ["gitlab_com", "dedicated", "self_managed"]
@@ -185,3 +187,22 @@ def test_duo_admin_lists_show_deprecated_pins(start_sidecar: StartSidecar) -> No
     assert f"{GROUPED.default_model_group} ({','.join(GROUPED.default_models)})" in catalog[1]
     catalog = admin.run("catalog", "--feature", TEAM_ONLY_FEATURE.name).stdout.splitlines()
     assert "TEAM-ONLY" in catalog[0] and ",".join(TEAM_ONLY_FEATURE.team_only_models) in catalog[1]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+async def test_complete_asks_the_gateway_for_the_users_own_default(
+    start_server: StartServer, deployment: str, tmp_path: Path
+) -> None:
+    """A balanced default is sent to the AI Gateway by name: the gateway would otherwise balance on its own, and the
+    user's conversation and prompt cache would move between models."""
+    async with serve_upstream() as gateway:
+        sidecar = await start_server(deployment, ai_gateway_url=gateway.url)
+        for user in (1, 2, 3, 4):
+            events = await collect(sidecar.routing.Complete(complete_request(GROUPED.name, user=user)))
+            route = events[0].route
+            assert route.default_model_group == GROUPED.default_model_group
+            metadata = gateway.requests[-1].body["model_metadata"]
+            assert metadata["identifier"] == route.model_identifier in GROUPED.default_models
+        await collect(sidecar.routing.Complete(complete_request("code_completions")))
+        assert gateway.requests[-1].body["model_metadata"]["identifier"] == ""  # a plain default: the gateway's

@@ -10,8 +10,9 @@ import pytest
 
 from gitlab.duo.routing.v1 import admin_pb2, routing_pb2, types_pb2
 from sidecar.catalog import load_catalog
+from tests.completion import collect, complete_request
 from tests.conftest import Sidecar, StartServer, StartSidecar
-from tests.helpers import run_cli
+from tests.helpers import error_details, run_cli
 from tests.scrape import scrape, value
 from tests.test_admin_rpcs import create, rpc_error, vllm_model
 from tests.test_cli import DuoAdmin
@@ -137,8 +138,14 @@ async def test_hybrid_instance_has_no_gitlab_managed_default(start_server: Start
     assert by_feature["duo_chat"].resolution.provider == types_pb2.PROVIDER_SELF_HOSTED
     assert {name for name, f in by_feature.items() if f.error_reason == "NO_MODEL_CONFIGURED"} == without
 
+    with pytest.raises(grpc.aio.AioRpcError) as raised:  # Complete refuses before anything is sent
+        await collect(sidecar.routing.Complete(complete_request("code_generations")))
+    streamed = error_details(raised.value)
+    assert (streamed.code, streamed.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_MODEL_CONFIGURED")
+
     samples = await scrape(sidecar)
     assert value(samples, "duo_routing_no_model_configured_total", feature="duo_chat") == 1
+    assert value(samples, "duo_routing_no_model_configured_total", feature="code_generations") == 1
 
 
 @pytest.mark.asyncio
