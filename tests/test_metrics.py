@@ -370,9 +370,14 @@ async def test_in_flight_cancel_and_deadline(start_server: StartServer, upstream
 
     complete = rpc("Complete", kind="server_stream")
     labels = {"provider": "self_hosted", "model": "custom_openai/mistral-7b-instruct"}
-    for _ in range(50):  # the server notices a cancellation a moment after the client
+    for _ in range(200):  # the server notices a cancellation or a deadline a moment after the client
         after = await scrape(sidecar)
-        if value(after, "grpc_server_handled_total", grpc_code="DeadlineExceeded", **complete) == 1:
+        settled = (
+            value(after, "grpc_server_handled_total", grpc_code="DeadlineExceeded", **complete) == 1
+            and value(after, "duo_routing_upstream_requests_total", outcome="deadline_exceeded", **labels) == 1
+            and value(after, "duo_routing_upstream_in_flight", endpoint=endpoint) == 0
+        )
+        if settled:
             break
         await asyncio.sleep(0.05)
     assert value(after, "grpc_server_handled_total", grpc_code="Canceled", **complete) == 1
