@@ -25,11 +25,13 @@ from sidecar.control import (
     SEAT_ASSIGNMENTS,
     SELF_HOSTED_MODELS,
     AdminCommands,
+    SelectionUpdate,
     SelfHostedModelInput,
 )
 from sidecar.domain import AuditEvent, FeatureProvider, ModelFamily, Platform, SeatChange, SelfHostedModel
 from sidecar.errors import DuoError, invalid_argument
 from sidecar.grpc_errors import errors_as_status, translate_errors
+from sidecar.impact import SelectionImpact
 from sidecar.metrics import Metrics, error_outcome, interrupted_outcome
 from sidecar.paging import INT_KEY, INT_PAIR_KEY, STR_KEY, STR_PAIR_KEY, decode_token, encode_token, page_size, paginate
 from sidecar.snapshot import Snapshot
@@ -44,6 +46,9 @@ MAX_ACTOR_LENGTH = 255
 MAX_RESOURCE_PREFIX_LENGTH = 255
 
 E = TypeVar("E", bound=IntEnum)
+PinResponse = TypeVar(
+    "PinResponse", admin_pb2.UpdateInstanceModelSelectionResponse, admin_pb2.UpdateNamespaceModelSelectionResponse
+)
 
 
 def resolution_to_proto(res: policy.Resolution) -> routing_pb2.ResolveModelResponse:
@@ -375,18 +380,33 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             explicitly_set=bool(own),
         )
 
+    def _selection_update(self, update: SelectionUpdate, response: PinResponse) -> PinResponse:
+        """Fills the fields both Update*ModelSelection responses share."""
+        features = self._control.snapshot.catalog.features
+        response.model_selection.CopyFrom(self._selection(update.info, update.pins, update.namespace_id))
+        response.config_version = str(update.config_version)
+        response.sub_feature_selections.extend(
+            self._selection(features[name], update.pins, update.namespace_id) for name in update.sub_features
+        )
+        response.skipped_sub_features.extend(
+            admin_pb2.SkippedSubFeature(feature=s.feature, reason=s.reason, message=s.message) for s in update.skipped
+        )
+        response.impact.CopyFrom(_impact_to_proto(update.impact))
+        response.validate_only = update.validate_only
+        return response
+
     @translate_errors
     async def UpdateInstanceModelSelection(
         self, request: admin_pb2.UpdateInstanceModelSelectionRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.UpdateInstanceModelSelectionResponse:
-        version = await self._control.update_instance_selection(
-            _actor(context), request.feature, request.offered_model_ref
+        update = await self._control.update_instance_selection_with(
+            _actor(context),
+            request.feature,
+            request.offered_model_ref,
+            validate_only=request.validate_only,
+            apply_to_sub_features=request.apply_to_sub_features,
         )
-        info = self._control.snapshot.catalog.features[request.feature]
-        return admin_pb2.UpdateInstanceModelSelectionResponse(
-            model_selection=self._selection(info, self._control.snapshot.instance_pins, 0),
-            config_version=str(version),
-        )
+        return self._selection_update(update, admin_pb2.UpdateInstanceModelSelectionResponse())
 
     @translate_errors
     async def ListInstanceModelSelections(
@@ -411,14 +431,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def UpdateNamespaceModelSelection(
         self, request: admin_pb2.UpdateNamespaceModelSelectionRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.UpdateNamespaceModelSelectionResponse:
-        version = await self._control.update_namespace_selection(
-            _actor(context), request.namespace_id, request.feature, request.offered_model_ref
+        update = await self._control.update_namespace_selection_with(
+            _actor(context),
+            request.namespace_id,
+            request.feature,
+            request.offered_model_ref,
+            validate_only=request.validate_only,
+            apply_to_sub_features=request.apply_to_sub_features,
         )
-        info = self._control.snapshot.catalog.features[request.feature]
-        pins: Mapping[str, str] = self._control.snapshot.namespace_pins.get(request.namespace_id, {})
-        return admin_pb2.UpdateNamespaceModelSelectionResponse(
-            model_selection=self._selection(info, pins, request.namespace_id), config_version=str(version)
-        )
+        return self._selection_update(update, admin_pb2.UpdateNamespaceModelSelectionResponse())
 
     @translate_errors
     async def ListNamespaceModelSelections(
@@ -624,6 +645,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             storage_backend=self._storage_backend,
             start_time=start,
         )
+
+
+def _impact_to_proto(impact: SelectionImpact) -> admin_pb2.SelectionImpact:
+    return admin_pb2.SelectionImpact(
+        features=list(impact.features),
+        model_before=impact.model_before,
+        model_after=impact.model_after,
+        no_context_users_changed=impact.no_context_users_changed,
+        users_newly_requiring_default_namespace=impact.users_newly_requiring_default_namespace,
+        seat_holders=impact.seat_holders,
+    )
 
 
 def _audit_to_proto(event: AuditEvent) -> admin_pb2.AuditEvent:

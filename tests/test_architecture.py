@@ -17,6 +17,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
         "sidecar.domain",
         "sidecar.endpoints",
         "sidecar.errors",
+        "sidecar.impact",
         "sidecar.paging",
         "sidecar.policy",
         "sidecar.snapshot",
