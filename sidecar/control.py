@@ -4,6 +4,7 @@ then commits through the change pipeline (sidecar.pipeline), which applies it he
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Mapping, Sequence
@@ -578,7 +579,8 @@ class AdminCommands:
         features = (info.name, *plan.applied)
         after = pins_after(before, features, ref)
         holders = await self.state.store.namespace_seat_holders(namespace_id)
-        impact = namespace_impact(snapshot, info, namespace_id, after, features, holders)
+        # Up to ~100 ms of Python for the largest namespaces: in a thread, so ResolveModel keeps being served.
+        impact = await asyncio.to_thread(namespace_impact, snapshot, info, namespace_id, after, features, holders)
         if validate_only:
             return SelectionUpdate(
                 info, namespace_id, after, plan.applied, plan.skipped, impact, snapshot.config_version, True
