@@ -47,10 +47,13 @@ def seats_and_defaults() -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     explicit defaults (user, namespace) of half the multi-seat users."""
     seats: list[tuple[int, int]] = []
     defaults: list[tuple[int, int]] = []
-    user = 0
+    user = largest = 0
     while len(seats) < LARGE_SEATS:
         user += 1
-        home = LARGEST_NAMESPACE if user <= LARGEST_HOLDERS else user * 7919 % (LARGE_PINS - 1) + 2
+        # The largest namespace's holders are spread over the user ids, as they would be.
+        in_largest = user % 8 == 0 and largest < LARGEST_HOLDERS
+        largest += in_largest
+        home = LARGEST_NAMESPACE if in_largest else user * 7919 % (LARGE_PINS - 1) + 2
         seats.append((user, home))
         if user % MULTI_SEAT_SHARE == 0 and len(seats) < LARGE_SEATS:
             other = (user * 104_729) % (LARGE_PINS - 1) + 2
