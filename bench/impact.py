@@ -6,13 +6,16 @@
 Loads 1,000,000 seat assignments and 100,000 namespace pins straight into a migrated database, starts a real
 `duo-sidecar serve` on it, and times UpdateNamespaceModelSelection with validate_only through real gRPC: on the
 largest namespace (100,000 seat holders, a fifth of them with seats elsewhere too, half of those with an explicit
-default) and on ordinary namespaces. Target: under one second each. Prints p50 and max per backend.
+default) and on ordinary namespaces. Target: under one second each. Prints p50 and max per backend, and the CPU
+time per call of the sidecar and its PostgreSQL server processes (wall time on a busy machine is mostly waiting for
+a CPU; the load average is printed too).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sqlite3
 import statistics
 import subprocess
@@ -112,26 +115,58 @@ def seed_postgres(dsn: str) -> float:
     return time.monotonic() - started
 
 
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time of these processes so far (this machine's /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICKS_PER_SECOND
+
+
+def postgres_backends(dsn: str) -> list[int]:
+    """The PostgreSQL server processes serving the sidecar's connections (the server runs on this machine)."""
+
+    async def pids() -> list[int]:
+        connection = await asyncpg.connect(dsn)
+        try:
+            rows = await connection.fetch(
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE application_name = 'duo-sidecar' AND datname = current_database()"
+            )
+            return [int(r[0]) for r in rows]
+        finally:
+            await connection.close()
+
+    return asyncio.run(pids())
+
+
 @dataclass(frozen=True)
 class Timing:
     label: str
     seconds: list[float]
+    cpu_seconds: float  # the sidecar's and its database server processes', over all calls
     impact: admin_pb2.SelectionImpact
 
     def line(self) -> str:
         p50, worst = statistics.median(self.seconds), max(self.seconds)
         verdict = "ok" if worst < TARGET_SECONDS else "MISSED"
         return (
-            f"  {self.label:<34} p50 {p50 * 1000:7.1f} ms  max {worst * 1000:7.1f} ms  ({len(self.seconds)} calls, "
-            f"{verdict}); seat holders {self.impact.seat_holders}, no-context answers changed "
+            f"  {self.label:<24} p50 {p50 * 1000:7.1f} ms  max {worst * 1000:7.1f} ms  CPU/call "
+            f"{self.cpu_seconds / len(self.seconds) * 1000:6.1f} ms  ({len(self.seconds)} calls, {verdict}); "
+            f"seat holders {self.impact.seat_holders}, no-context answers changed "
             f"{self.impact.no_context_users_changed}, newly requiring a default "
             f"{self.impact.users_newly_requiring_default_namespace}"
         )
 
 
-def time_previews(address: str, namespaces: list[int], model: str) -> Timing:
+def time_previews(address: str, namespaces: list[int], model: str, pids: list[int]) -> Timing:
     seconds: list[float] = []
     impact = admin_pb2.SelectionImpact()
+    cpu_before = cpu_seconds(pids)
     with grpc.insecure_channel(address) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         for namespace in namespaces:
@@ -147,7 +182,7 @@ def time_previews(address: str, namespaces: list[int], model: str) -> Timing:
                 raise RuntimeError("the preview wrote something")
             impact = reply.impact
     label = f"namespace {namespaces[0]}" if len(set(namespaces)) == 1 else f"{len(namespaces)} ordinary namespaces"
-    return Timing(label, seconds, impact)
+    return Timing(label, seconds, cpu_seconds(pids) - cpu_before, impact)
 
 
 def bench_backend(name: str, postgres_admin_dsn: str) -> list[Timing]:
@@ -171,11 +206,14 @@ def bench_backend(name: str, postgres_admin_dsn: str) -> list[Timing]:
         sidecar = stack.enter_context(running(command, port, workdir / "sidecar.log", serving))
         chat = load_catalog().features["duo_chat"]
         model = next(m for m in chat.selectable_models if m != chat.default_model)
-        time_previews(sidecar.address, [LARGEST_NAMESPACE], model)  # warm up: connections, caches
+        pids = [sidecar.process.pid]
+        time_previews(sidecar.address, [LARGEST_NAMESPACE], model, pids)  # warm up: connections, caches
+        if postgres_admin_dsn:
+            pids += postgres_backends(dsn)
         ordinary = [2 + (i * 4_999) % (LARGE_PINS - 1) for i in range(CALLS)]
         return [
-            time_previews(sidecar.address, [LARGEST_NAMESPACE] * CALLS, model),
-            time_previews(sidecar.address, ordinary, model),
+            time_previews(sidecar.address, [LARGEST_NAMESPACE] * CALLS, model, pids),
+            time_previews(sidecar.address, ordinary, model, pids),
         ]
 
 
@@ -190,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.postgres:
         results["PostgreSQL"] = bench_backend("PostgreSQL", args.postgres)
     missed = False
-    print("\nvalidate_only on duo_chat through gRPC, 1,000,000 seats and 100,000 namespace pins loaded:")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"\nvalidate_only on duo_chat through gRPC, 1,000,000 seats and 100,000 namespace pins loaded (load {load}):")
     for backend, timings in results.items():
         print(f"{backend}:")
         for timing in timings:
