@@ -7,10 +7,8 @@ Model identifiers come from the catalog, never from this file: the catalog chang
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -21,7 +19,7 @@ from sidecar.catalog import Catalog, FeatureInfo, load_catalog
 from sidecar.domain import ChangeKind, SeatChange
 from sidecar.store.base import Store
 from tests.conftest import Sidecar, StartServer
-from tests.helpers import REPO, error_details
+from tests.helpers import error_details
 from tests.model_selection import resolve, seats
 
 pytestmark = pytest.mark.asyncio
@@ -38,7 +36,7 @@ class ChatModels:
 
     default: str
     chosen: str  # selectable for duo_chat and every sub-feature, not the default
-    other: str  # another one like it
+    other: str  # another one, selectable for duo_chat and its first sub-feature (by name)
     partial: str  # selectable for duo_chat, not for the sub-features in `skipped`
     skipped: frozenset[str]
     sub_features: tuple[str, ...]
@@ -47,52 +45,37 @@ class ChatModels:
 def chat_models(catalog: Catalog) -> ChatModels:
     chat = catalog.features["duo_chat"]
     subs = [f for f in catalog.features.values() if f.parent == "duo_chat"]
-    everywhere = [
+    subs.sort(key=lambda f: f.name)
+    chosen = next(
         m for m in chat.selectable_models if m != chat.default_model and all(s.is_selectable(m) for s in subs)
-    ]
-    partial = next((m for m in chat.selectable_models if any(not s.is_selectable(m) for s in subs)), "")
+    )
+    other = next(
+        m for m in chat.selectable_models if m not in (chat.default_model, chosen) and subs[0].is_selectable(m)
+    )
+    # Offered by some sub-features and not by others: "apply to all" both sets and skips.
+    partial = next(
+        (
+            m
+            for m in chat.selectable_models
+            if any(s.is_selectable(m) for s in subs) and not all(s.is_selectable(m) for s in subs)
+        ),
+        "",
+    )
     return ChatModels(
         default=chat.default_model,
-        chosen=everywhere[0],
-        other=everywhere[1],
+        chosen=chosen,
+        other=other,
         partial=partial,
         skipped=frozenset(s.name for s in subs if partial and not s.is_selectable(partial)),
         sub_features=tuple(sorted(s.name for s in subs)),
     )
 
 
-@dataclass(frozen=True)
-class Setup:
-    """The catalog a test's sidecar serves: the bundled one, or (when that offers no duo_chat model that some
-    sub-feature lacks) a copy where the last sub-feature no longer offers one of duo_chat's models."""
-
-    models: ChatModels
-    catalog_path: str = ""
-
-    def server_options(self) -> dict[str, str]:
-        return {"catalog_path": self.catalog_path} if self.catalog_path else {}
-
-
-def setup_catalog(tmp_path: Path) -> Setup:
-    found = chat_models(load_catalog())
-    if found.partial:
-        return Setup(found)
-    definitions: dict[str, Any] = json.loads((REPO / "sidecar" / "data" / "model_definitions.json").read_text())
-    features = {f["feature_setting"]: f for f in definitions["unit_primitives"]}
-    chat = features["duo_chat"]
-    sub = sorted(name for name in features if name.startswith("duo_chat_"))[-1]
-    dropped = [m for m in chat["selectable_models"] if m != chat["default_model"]][-1]
-    features[sub]["selectable_models"] = [m for m in features[sub]["selectable_models"] if m != dropped]
-    path = tmp_path / "catalog.json"
-    path.write_text(json.dumps(definitions))
-    models = chat_models(load_catalog(path))
-    assert models.partial == dropped
-    return Setup(models, str(path))
-
-
 @pytest.fixture
-def setup(tmp_path: Path) -> Setup:
-    return setup_catalog(tmp_path)
+def models() -> ChatModels:
+    found = chat_models(load_catalog())
+    assert found.partial, "the catalog offers no duo_chat model that only some duo_chat_* sub-features offer"
+    return found
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -181,9 +164,8 @@ def store_of(sidecar: Sidecar) -> Store:
 # -- apply to all -----------------------------------------------------------------------------------------------
 
 
-async def test_apply_to_sub_features_in_a_namespace_is_one_change(start: StartServer, setup: Setup) -> None:
-    sidecar = await start("gitlab_com", **setup.server_options())
-    models = setup.models
+async def test_apply_to_sub_features_in_a_namespace_is_one_change(start: StartServer, models: ChatModels) -> None:
+    sidecar = await start("gitlab_com")
     applied = [s for s in models.sub_features if s not in models.skipped]
     await pin_namespace(sidecar, 10, sorted(models.skipped)[0], models.default)  # a skipped sub-feature's own pin
     before = await version(sidecar)
@@ -232,9 +214,10 @@ async def test_apply_to_sub_features_in_a_namespace_is_one_change(start: StartSe
 
 
 @pytest.mark.parametrize("deployment", ["dedicated", "self_managed"])
-async def test_apply_to_sub_features_on_the_instance(start_server: StartServer, setup: Setup, deployment: str) -> None:
-    sidecar = await start_server(deployment, **setup.server_options())
-    models = setup.models
+async def test_apply_to_sub_features_on_the_instance(
+    start_server: StartServer, models: ChatModels, deployment: str
+) -> None:
+    sidecar = await start_server(deployment)
     applied = [s for s in models.sub_features if s not in models.skipped]
     before = await version(sidecar)
     reply = await pin_instance(sidecar, "duo_chat", models.partial, apply=True)
@@ -254,19 +237,15 @@ async def test_apply_to_sub_features_on_the_instance(start_server: StartServer, 
     assert (answer.model_identifier, answer.effective_feature) == (models.partial, applied[0])
 
 
-async def test_without_apply_to_sub_features_only_the_feature_is_pinned(start_server: StartServer) -> None:
+async def test_without_apply_to_sub_features_only_the_feature_is_pinned(
+    start_server: StartServer, models: ChatModels
+) -> None:
     sidecar = await start_server("gitlab_com")
-    models = setup_catalog_models()
     reply = await pin_namespace(sidecar, 10, "duo_chat", models.chosen)
     assert not reply.sub_feature_selections and not reply.skipped_sub_features
     assert list(reply.impact.features) == ["duo_chat"]
     pins = await namespace_pins(sidecar, 10)
     assert [f for f, ref in pins.items() if ref] == ["duo_chat"]
-
-
-def setup_catalog_models() -> ChatModels:
-    """The bundled catalog's duo_chat models, for tests that need no partly selectable one."""
-    return chat_models(load_catalog())
 
 
 # -- refusals ---------------------------------------------------------------------------------------------------
@@ -278,11 +257,10 @@ def unselectable_for(info: FeatureInfo, catalog: Catalog) -> str:
 
 @pytest.mark.parametrize("validate_only", [False, True], ids=["write", "validate_only"])
 async def test_refusals_are_the_same_with_and_without_validate_only(
-    start_server: StartServer, validate_only: bool
+    start_server: StartServer, models: ChatModels, validate_only: bool
 ) -> None:
     sidecar = await start_server("gitlab_com")
     catalog = load_catalog()
-    models = setup_catalog_models()
     other_feature = next(f for f in catalog.features.values() if f.name != "duo_chat" and f.selectable_models)
     assert not any(f.parent == other_feature.name for f in catalog.features.values())
     before = await version(sidecar)
@@ -352,9 +330,8 @@ async def test_apply_to_sub_features_on_another_feature_is_refused_on_the_instan
 # -- validate_only ----------------------------------------------------------------------------------------------
 
 
-async def test_validate_only_writes_nothing_and_says_what_would_change(start: StartServer, setup: Setup) -> None:
-    sidecar = await start("gitlab_com", **setup.server_options())
-    models = setup.models
+async def test_validate_only_writes_nothing_and_says_what_would_change(start: StartServer, models: ChatModels) -> None:
+    sidecar = await start("gitlab_com")
     await seats(sidecar, (1, 10))
     before = await version(sidecar)
     events_before = await audit_events(sidecar)
@@ -384,9 +361,8 @@ async def test_validate_only_writes_nothing_and_says_what_would_change(start: St
 
 
 @pytest.mark.parametrize("deployment", ["dedicated", "self_managed"])
-async def test_validate_only_on_the_instance(start_server: StartServer, deployment: str) -> None:
+async def test_validate_only_on_the_instance(start_server: StartServer, deployment: str, models: ChatModels) -> None:
     sidecar = await start_server(deployment)
-    models = setup_catalog_models()
     before = await version(sidecar)
     preview = await pin_instance(sidecar, "duo_chat_explain_code", models.chosen, validate_only=True)
     assert preview.validate_only is True and int(preview.config_version) == before
@@ -396,10 +372,9 @@ async def test_validate_only_on_the_instance(start_server: StartServer, deployme
     assert (await resolve(sidecar, 5, "duo_chat_explain_code")).model_identifier == models.default
 
 
-async def test_impact_counts_the_users_whose_no_context_answer_changes(start: StartServer) -> None:
+async def test_impact_counts_the_users_whose_no_context_answer_changes(start: StartServer, models: ChatModels) -> None:
     """A hand-built seat set covering every way a user relates to the namespace whose pin changes (10)."""
     sidecar = await start("gitlab_com")
-    models = setup_catalog_models()
     a, b = models.chosen, models.other
     for namespace, ref in ((20, a), (30, a), (50, b)):  # 40 and 41 keep the default
         await pin_namespace(sidecar, namespace, "duo_chat", ref)
@@ -444,11 +419,10 @@ async def test_impact_counts_the_users_whose_no_context_answer_changes(start: St
     assert (back.impact.no_context_users_changed, back.impact.users_newly_requiring_default_namespace) == (7, 1)  # 5
 
 
-async def test_impact_matches_what_happens_for_random_configurations(start: StartServer) -> None:
+async def test_impact_matches_what_happens_for_random_configurations(start: StartServer, models: ChatModels) -> None:
     """For random seats, defaults and pins (duo_chat and one sub-feature), the preview's counts equal the users
     whose no-context answers really change when the change is made."""
     sidecar = await start("gitlab_com")
-    models = setup_catalog_models()
     catalog = load_catalog()
     sub = sorted(f.name for f in catalog.features.values() if f.parent == "duo_chat")[0]
     refs = ["", models.chosen, models.other]
