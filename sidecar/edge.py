@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import traceback
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
@@ -115,6 +116,10 @@ class _Call:
         AbortError). Then the call is counted and logged, and its place given back."""
         if isinstance(error, ANSWERED_ERRORS):
             answer = answer_for(error, self.method.name, self.method.storage)
+            # gRPC keeps the AbortError with the call, and its traceback (through the context) in a reference cycle
+            # that only the garbage collector frees: the frames it reaches must not hold the request's bytes (up to
+            # server.max_receive_message_bytes each; the caller drops its own reference).
+            traceback.clear_frames(error.__traceback__)
             if self.record is not None:
                 self.record.rpc.error_reason = answer.reason  # for the access log line
             try:
@@ -163,6 +168,7 @@ def _single_response(method: _Method, behavior: Callable[..., Any], receive: Rec
             call.begin(unary_request)
             response = await behavior(receive(request, call), context)
         except BaseException as error:
+            request = None  # see _Call.failed
             await call.failed(error)
             raise
         call.succeeded(True)
@@ -187,6 +193,7 @@ def _response_stream(method: _Method, behavior: Callable[..., Any], receive: Rec
                         record.sent()
                         yield response
         except BaseException as error:
+            request = None  # see _Call.failed
             await call.failed(error)
             raise
         call.succeeded(False)
