@@ -38,6 +38,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "edge": (
         "sidecar.admission",
         "sidecar.auth",
+        "sidecar.edge",
         "sidecar.grpc_errors",
         "sidecar.grpc_metrics",
         "sidecar.health_probe",
