@@ -163,13 +163,14 @@ class _Watchdog:
     and sets itself for that bound if not. The first event is bounded by the first-token deadline, each later one
     by idle_seconds from when the caller asked for it; while an event is with the caller nothing is bounded."""
 
-    __slots__ = ("_handle", "_idle", "_loop", "_task", "bound", "expired", "first", "reading")
+    __slots__ = ("_armed_at", "_handle", "_idle", "_loop", "_task", "bound", "expired", "first", "reading")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float, idle_seconds: float) -> None:
         self._loop = loop
         self._idle = idle_seconds
         self._task: asyncio.Task[Any] | None = None
         self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = deadline
         self.bound = deadline
         self.first = True
         self.reading = True
@@ -180,18 +181,27 @@ class _Watchdog:
         self.first = False
         self.bound = self._loop.time() + self._idle
         self.reading = True
+        if self.bound < self._armed_at:  # the idle bound comes before the first-token deadline the timer is set for
+            self._arm(self.bound)
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = when
+        self._handle = self._loop.call_at(when, self._check)
 
     async def __aenter__(self) -> _Watchdog:
         self._task = asyncio.current_task()
-        self._handle = self._loop.call_at(self.bound, self._check)
+        self._arm(self.bound)
         return self
 
     def _check(self) -> None:
+        self._handle = None
         now = self._loop.time()
         if not self.reading:
-            self._handle = self._loop.call_at(now + self._idle, self._check)
+            self._arm(now + self._idle)
         elif now < self.bound:
-            self._handle = self._loop.call_at(self.bound, self._check)
+            self._arm(self.bound)
         elif self._task is not None:
             self.expired = True
             self._task.cancel()
