@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -32,7 +33,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 
-from bench.floor import CHUNKS, PACINGS_MS, complete_method
+from bench.floor import PACINGS_MS, complete_method
 from bench.run import Server, running, wait_connectable
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc, types_pb2
 from tests.helpers import BIN, REPO, free_port, wait_serving, write_config
@@ -67,6 +68,7 @@ class Point:
     floor_asyncio: Cell
     floor_uvloop: Cell
     sidecar: Cell
+    sidecar_asyncio: Cell | None = None  # --compare-loops: the same sidecar on asyncio's loop (server.event_loop)
 
     @property
     def floor(self) -> Cell:
@@ -108,11 +110,17 @@ def cpu_ns(pid: int) -> int:
     """CPU time of every thread of `pid` so far (run time from schedstat: nanoseconds, not clock ticks)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that ended meanwhile
             total += int((task / "schedstat").read_text().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # a thread that ended meanwhile
     return total
+
+
+def idle_cpu_ms_per_second(servers: dict[str, Server], seconds: float = 2.0) -> dict[str, float]:
+    """What each server burns doing nothing (timers, store polling): part of every cell's CPU, more so the longer
+    a completion takes at concurrency 1."""
+    before = {name: cpu_ns(server.process.pid) for name, server in servers.items()}
+    time.sleep(seconds)
+    return {name: (cpu_ns(server.process.pid) - before[name]) / 1e6 / seconds for name, server in servers.items()}
 
 
 def percentile(values: list[float], quantile: float) -> float:
@@ -164,7 +172,7 @@ def started_upstream() -> Iterator[str]:
         process.wait(timeout=10)
 
 
-def create_models(address: str, upstream_url: str) -> dict[int, int]:
+def create_models(address: str, upstream_url: str) -> dict[int, str]:
     """One self-hosted model per pacing, all at the mock upstream: {pacing ms: model id}."""
     ids = {}
     with grpc.insecure_channel(address) as channel:
@@ -187,7 +195,7 @@ def create_models(address: str, upstream_url: str) -> dict[int, int]:
     return ids
 
 
-def route_duo_chat(address: str, model_id: int) -> None:
+def route_duo_chat(address: str, model_id: str) -> None:
     with grpc.insecure_channel(address) as channel:
         admin_pb2_grpc.AdminServiceStub(channel).UpdateFeatureSetting(
             admin_pb2.UpdateFeatureSettingRequest(
@@ -212,7 +220,7 @@ def first_route(address: str) -> bytes:
         stream.cancel()
     if not route.HasField("route"):
         raise RuntimeError(f"the sidecar's first Complete message is not the route: {route}")
-    return route.SerializeToString()
+    return bytes(route.SerializeToString())
 
 
 @dataclass
@@ -222,12 +230,13 @@ class Settings:
 
 
 async def measure(
-    upstream_url: str, sidecar: Server, floors: dict[str, Server], models: dict[int, int], settings: Settings
-) -> list[Point]:
+    upstream_url: str, sidecars: dict[str, Server], floors: dict[str, Server], models: dict[str, dict[int, str]],
+    settings: Settings,
+) -> list[Point]:  # fmt: skip
     body = {"model": "bench", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
-    channels = {name: grpc.aio.insecure_channel(server.address) for name, server in floors.items()}
-    channels["sidecar"] = grpc.aio.insecure_channel(sidecar.address)
-    pids = {name: server.process.pid for name, server in floors.items()} | {"sidecar": sidecar.process.pid}
+    servers = floors | sidecars
+    channels = {name: grpc.aio.insecure_channel(server.address) for name, server in servers.items()}
+    pids = {name: server.process.pid for name, server in servers.items()}
     points = []
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
@@ -269,11 +278,12 @@ async def measure(
                 return call
 
             for pacing in PACINGS_MS:
-                route_duo_chat(sidecar.address, models[pacing])
+                for name, sidecar in sidecars.items():
+                    route_duo_chat(sidecar.address, models[name][pacing])
                 calls: dict[str, Call] = {
                     "direct": direct(pacing),
                     **{name: grpc_call(name, complete_method(pacing)) for name in floors},
-                    "sidecar": grpc_call("sidecar", SIDECAR_METHOD),
+                    **{name: grpc_call(name, SIDECAR_METHOD) for name in sidecars},
                 }
                 for call in calls.values():  # warm every path up (connections, caches) at this pacing
                     await asyncio.gather(*(call() for _ in range(4)))
@@ -292,7 +302,7 @@ async def measure(
 
 
 HEADER = (
-    f"  {'pacing':>6} {'conc':>4}  {'direct TTFT':>13}  {'sidecar TTFT':>13}  {'added TTFT':>13}  "
+    f"  {'pacing':>6} {'conc':>4}  {'direct TTFT':>13}  {'floor TTFT':>13}  {'sidecar TTFT':>13}  {'added TTFT':>13}  "
     f"{'msgs/compl':>10}  {'sidecar CPU ms':>14}  {'floor CPU ms asyncio/uvloop':>27}  {'ratio':>5}  verdict"
 )
 
@@ -302,12 +312,19 @@ def print_point(p: Point, flush: bool = False) -> None:
     print(
         f"  {p.pacing_ms:>4}ms {p.concurrency:>4}  "
         f"{p.direct.ttft_p50_ms:>6.2f}/{p.direct.ttft_p99_ms:<6.2f}  "
+        f"{p.floor.ttft_p50_ms:>6.2f}/{p.floor.ttft_p99_ms:<6.2f}  "
         f"{p.sidecar.ttft_p50_ms:>6.2f}/{p.sidecar.ttft_p99_ms:<6.2f}  "
         f"{p.added_ttft_p50_ms:>+6.2f}/{p.added_ttft_p99_ms:<+6.2f}  "
         f"{p.sidecar.messages_per_completion:>4.1f} ({p.floor.messages_per_completion:>2.0f})  "
         f"{p.sidecar.cpu_ms_per_completion:>6.2f} ({p.sidecar_cpu_ms_per_delta:>4.2f}/d)  "
         f"{p.floor_asyncio.cpu_ms_per_completion:>13.2f} / {p.floor_uvloop.cpu_ms_per_completion:<11.2f}  "
-        f"{p.cpu_ratio:>5.2f}  {'PASS' if passed else 'FAIL'}",
+        f"{p.cpu_ratio:>5.2f}  {'PASS' if passed else 'FAIL'}"
+        + (
+            f"  (sidecar on asyncio: {p.sidecar_asyncio.cpu_ms_per_completion:.2f} ms, ratio "
+            f"{p.sidecar_asyncio.cpu_ms_per_completion / p.floor.cpu_ms_per_completion:.2f})"
+            if p.sidecar_asyncio is not None
+            else ""
+        ),
         flush=flush,
     )
 
@@ -319,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell (3)")
     parser.add_argument("--minimum", type=int, default=25, help="completions per cell at concurrency 1 (25)")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--compare-loops", action="store_true", help="also measure the sidecar on asyncio's loop (server.event_loop)"
+    )
     args = parser.parse_args(argv)
     settings = Settings(args.seconds, args.minimum)
     load_before = os.getloadavg()
@@ -335,14 +355,20 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="duo-bench-complete-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         upstream_url = stack.enter_context(started_upstream())
-        port = free_port()
-        config = write_config(workdir, "self_managed", port, '[log]\nlevel = "warning"\n')
-        command = [str(BIN / "duo-sidecar"), "serve", "--config", str(config)]
-        sidecar = stack.enter_context(
-            running(command, port, workdir / "sidecar.log", lambda s: wait_serving(s.address))
-        )
-        models = create_models(sidecar.address, upstream_url)
-        route_duo_chat(sidecar.address, models[0])
+        sidecars, models = {}, {}
+        for name in ("sidecar", "sidecar_asyncio") if args.compare_loops else ("sidecar",):
+            port = free_port()
+            directory = workdir / name
+            directory.mkdir()
+            config = write_config(directory, "self_managed", port, '[log]\nlevel = "warning"\n')
+            command = [str(BIN / "duo-sidecar"), "serve", "--config", str(config)]
+            env = {"DUO_SIDECAR_SERVER_EVENT_LOOP": "asyncio"} if name == "sidecar_asyncio" else None
+            sidecars[name] = stack.enter_context(
+                running(command, port, directory / "sidecar.log", lambda s: wait_serving(s.address), env)
+            )
+            models[name] = create_models(sidecars[name].address, upstream_url)
+        sidecar = sidecars["sidecar"]
+        route_duo_chat(sidecar.address, models["sidecar"][0])
         route_file = workdir / "route.bin"
         route_file.write_bytes(first_route(sidecar.address))
         floors = {}
@@ -350,10 +376,10 @@ def main(argv: list[str] | None = None) -> int:
             floor_port = free_port()
             command = [sys.executable, "-m", "bench.floor", f"--port={floor_port}",
                        f"--complete-route-file={route_file}", *extra]  # fmt: skip
-            floors[name] = stack.enter_context(
-                running(command, floor_port, workdir / f"{name}.log", wait_connectable)
-            )
-        points = asyncio.run(measure(upstream_url, sidecar, floors, models, settings))
+            floors[name] = stack.enter_context(running(command, floor_port, workdir / f"{name}.log", wait_connectable))
+        idle = idle_cpu_ms_per_second({**sidecars, **floors})
+        print("  idle CPU, ms per second: " + ", ".join(f"{name} {ms:.1f}" for name, ms in idle.items()), flush=True)
+        points = asyncio.run(measure(upstream_url, sidecars, floors, models, settings))
 
     failed = 0
     print()

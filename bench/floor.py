@@ -48,9 +48,7 @@ def complete_messages(route: bytes, chunks: int = CHUNKS) -> tuple[bytes, list[b
     return route, deltas, finished
 
 
-def _paced_complete(
-    route: bytes, deltas: list[bytes], finished: bytes, pacing_seconds: float
-) -> grpc.RpcMethodHandler:
+def _paced_complete(route: bytes, deltas: list[bytes], finished: bytes, pacing_seconds: float) -> grpc.RpcMethodHandler:
     async def complete(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         yield route
         yield deltas[0]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sys
 
 CHUNKS = 20
 _PATH = re.compile(rb"^POST /pace/(\d+)/v1/chat/completions HTTP/1\.1\r\n", re.IGNORECASE)
@@ -73,7 +72,7 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
                 writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
                 continue
             await _answer(writer, int(path.group(1)) / 1000)
-    except (asyncio.IncompleteReadError, ConnectionError):
+    except (asyncio.IncompleteReadError, ConnectionError, RuntimeError):  # RuntimeError: uvloop, closed by the peer
         pass
     finally:
         writer.close()
@@ -96,4 +95,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

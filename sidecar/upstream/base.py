@@ -215,6 +215,8 @@ class OpenAIStream:
         for line in lines:
             if self.done:
                 break
+            if not line:
+                continue  # the blank line after every event
             text = self.text_of(line)
             if text:
                 texts.append(text)
