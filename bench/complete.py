@@ -69,6 +69,7 @@ class Point:
     floor_uvloop: Cell
     sidecar: Cell
     sidecar_asyncio: Cell | None = None  # --compare-loops: the same sidecar on asyncio's loop (server.event_loop)
+    relay: Cell | None = None  # --relay: the uvloop floor reading the upstream raw and relaying a delta per read
 
     @property
     def floor(self) -> Cell:
@@ -227,6 +228,7 @@ def first_route(address: str) -> bytes:
 class Settings:
     seconds: float
     minimum: int  # completions per cell at concurrency 1, for a p99 worth the name
+    relay: bool = False
 
 
 async def measure(
@@ -285,13 +287,16 @@ async def measure(
                     **{name: grpc_call(name, complete_method(pacing)) for name in floors},
                     **{name: grpc_call(name, SIDECAR_METHOD) for name in sidecars},
                 }
+                if settings.relay:
+                    calls["relay"] = grpc_call("floor_uvloop", complete_method(pacing, relay=True))
                 for call in calls.values():  # warm every path up (connections, caches) at this pacing
                     await asyncio.gather(*(call() for _ in range(4)))
                 for concurrency in CONCURRENCIES:
                     cells = {}
                     for name, call in calls.items():
                         minimum = settings.minimum if concurrency == 1 else concurrency
-                        cells[name] = await load(call, concurrency, settings.seconds, minimum, pids.get(name))
+                        pid = pids["floor_uvloop"] if name == "relay" else pids.get(name)
+                        cells[name] = await load(call, concurrency, settings.seconds, minimum, pid)
                     point = Point(pacing, concurrency, **cells)
                     points.append(point)
                     print_point(point, flush=True)
@@ -324,6 +329,11 @@ def print_point(p: Point, flush: bool = False) -> None:
             f"{p.sidecar_asyncio.cpu_ms_per_completion / p.floor.cpu_ms_per_completion:.2f})"
             if p.sidecar_asyncio is not None
             else ""
+        )
+        + (
+            f"  (relay floor: {p.relay.cpu_ms_per_completion:.2f} ms, {p.relay.messages_per_completion:.1f} msgs)"
+            if p.relay is not None
+            else ""
         ),
         flush=flush,
     )
@@ -339,8 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compare-loops", action="store_true", help="also measure the sidecar on asyncio's loop (server.event_loop)"
     )
+    parser.add_argument(
+        "--relay", action="store_true", help="also measure a raw relay floor: upstream read and one delta per read"
+    )
     args = parser.parse_args(argv)
-    settings = Settings(args.seconds, args.minimum)
+    settings = Settings(args.seconds, args.minimum, args.relay)
     load_before = os.getloadavg()
     started = time.monotonic()
 
@@ -351,7 +364,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("  TTFT p50/p99 ms; msgs/compl: the sidecar's (the floor's); CPU per completion (per delta); ratio: "
           "sidecar CPU / the faster floor's")  # fmt: skip
-    print(HEADER, flush=True)
     with tempfile.TemporaryDirectory(prefix="duo-bench-complete-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         upstream_url = stack.enter_context(started_upstream())
@@ -374,11 +386,13 @@ def main(argv: list[str] | None = None) -> int:
         floors = {}
         for name, extra in (("floor_asyncio", []), ("floor_uvloop", ["--uvloop"])):
             floor_port = free_port()
+            relay = f"--relay-upstream={upstream_url.removeprefix('http://')}"
             command = [sys.executable, "-m", "bench.floor", f"--port={floor_port}",
-                       f"--complete-route-file={route_file}", *extra]  # fmt: skip
+                       f"--complete-route-file={route_file}", relay, *extra]  # fmt: skip
             floors[name] = stack.enter_context(running(command, floor_port, workdir / f"{name}.log", wait_connectable))
         idle = idle_cpu_ms_per_second({**sidecars, **floors})
         print("  idle CPU, ms per second: " + ", ".join(f"{name} {ms:.1f}" for name, ms in idle.items()), flush=True)
+        print(HEADER, flush=True)
         points = asyncio.run(measure(upstream_url, sidecars, floors, models, settings))
 
     failed = 0

@@ -8,6 +8,10 @@ and no serialization: whatever they cost is the cost of gRPC itself.
   streams, with the upstream's pacing (bench/upstream.py): the route (the file's bytes), the first delta at
   once, 19 more <ms> apart, and `finished` <ms> after the last (bench/complete.py).
 
+With --relay-upstream HOST:PORT as well, bench.Floor/CompleteRelay<ms> is the least a proxy can do: it reads the
+same answer from bench/upstream.py over a kept-alive raw asyncio connection (no HTTP client, no SSE parsing) and
+sends a pre-serialized delta per read: what receiving the tokens costs on top of sending them.
+
 --uvloop runs the server on uvloop instead of asyncio's own event loop: benchmarks run the floor both ways and
 compare with the faster one (DESIGN section 6).
 """
@@ -30,8 +34,8 @@ PACINGS_MS = (0, 5, 20)
 CHUNKS = 20
 
 
-def complete_method(pacing_ms: int) -> str:
-    return f"/{FLOOR_SERVICE}/CompletePaced{pacing_ms}"
+def complete_method(pacing_ms: int, relay: bool = False) -> str:
+    return f"/{FLOOR_SERVICE}/Complete{'Relay' if relay else 'Paced'}{pacing_ms}"
 
 
 def complete_messages(route: bytes, chunks: int = CHUNKS) -> tuple[bytes, list[bytes], bytes]:
@@ -63,7 +67,38 @@ def _paced_complete(route: bytes, deltas: list[bytes], finished: bytes, pacing_s
     return grpc.unary_stream_rpc_method_handler(complete)
 
 
-async def serve(port: int, response: bytes, route: bytes | None) -> None:
+def _relay_complete(
+    route: bytes, deltas: list[bytes], finished: bytes, upstream: str, pacing_ms: int
+) -> grpc.RpcMethodHandler:
+    host, port = upstream.rsplit(":", 1)
+    body = b'{"model":"bench","messages":[{"role":"user","content":"hi"}],"stream":true}'
+    request = (
+        b"POST /pace/%d/v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (pacing_ms, host.encode(), len(body), body)
+    )
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def complete(request_bytes: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        reader, writer = idle.pop() if idle else await asyncio.open_connection(host, int(port))
+        yield route
+        writer.write(request)
+        await reader.readuntil(b"\r\n\r\n")
+        sent = 0
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            yield deltas[min(sent, len(deltas) - 1)]
+            sent += 1
+            if data.endswith(b"0\r\n\r\n"):
+                break
+        idle.append((reader, writer))
+        yield finished
+
+    return grpc.unary_stream_rpc_method_handler(complete)
+
+
+async def serve(port: int, response: bytes, route: bytes | None, upstream: str = "") -> None:
     async def resolve_model(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return response
 
@@ -76,6 +111,8 @@ async def serve(port: int, response: bytes, route: bytes | None) -> None:
     if route is not None:
         messages = complete_messages(route)
         methods = {f"CompletePaced{ms}": _paced_complete(*messages, ms / 1000) for ms in PACINGS_MS}
+        if upstream:
+            methods |= {f"CompleteRelay{ms}": _relay_complete(*messages, upstream, ms) for ms in PACINGS_MS}
         handlers.append(grpc.method_handlers_generic_handler(FLOOR_SERVICE, methods))
     server.add_generic_rpc_handlers(handlers)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -93,6 +130,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--response-file", type=Path, help="serialized ResolveModelResponse")
     parser.add_argument("--complete-route-file", type=Path, help="serialized CompleteResponse carrying the route")
+    parser.add_argument("--relay-upstream", default="", help="HOST:PORT of bench/upstream.py, for CompleteRelay")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     args = parser.parse_args()
     response = args.response_file.read_bytes() if args.response_file else b""
@@ -100,9 +138,9 @@ def main() -> None:
     if args.uvloop:
         import uvloop
 
-        uvloop.run(serve(args.port, response, route))
+        uvloop.run(serve(args.port, response, route, args.relay_upstream))
     else:
-        asyncio.run(serve(args.port, response, route))
+        asyncio.run(serve(args.port, response, route, args.relay_upstream))
 
 
 if __name__ == "__main__":
