@@ -422,6 +422,18 @@ class Sidecar:
         log.info("duo-sidecar stopped")
 
 
+def run_server(config: Config) -> None:
+    """Serves until SIGTERM or SIGINT on the event loop server.event_loop names: uvloop (measured faster with
+    grpc.aio: less CPU per streamed message, docs/performance.md) or asyncio's own."""
+    factory = None
+    if config.server.event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(config))
+
+
 async def serve(config: Config) -> None:
     sidecar = Sidecar(config)
     await sidecar.start()

@@ -212,7 +212,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
                             call.first_token(time.perf_counter() - upstream_started)
                         if produced is not None:
                             produced.append(event.text)
-                        yield routing_pb2.CompleteResponse(delta=routing_pb2.TextDelta(text=event.text))
+                        yield routing_pb2.CompleteResponse(delta={"text": event.text})  # cheaper than TextDelta()
                     else:
                         call.usage(event.input_tokens, event.output_tokens)
                         yield routing_pb2.CompleteResponse(
