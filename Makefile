@@ -73,11 +73,13 @@ promtool-deps:
 	fi
 
 # BENCH_ARGS=--large preloads 1M seats and 100k namespace pins; --strict exits 1 when a target is missed.
+# Ends with one table: every target of DESIGN section 6, what this run measured, and the verdict.
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 	$(BIN)/python -m bench.complete
 	$(BIN)/python -m bench.overload
 	$(BIN)/python -m bench.propagation
+	$(BIN)/python -m bench.summary $(filter --strict,$(BENCH_ARGS))
 
 # Builds the Dockerfile on a local debootstrap base with buildah and checks the running image (needs root;
 # see image/README.md). CI runs it after `make test`.

@@ -10,6 +10,7 @@ import shutil
 import statistics
 import struct
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,18 +107,26 @@ def _int_groups(pattern: re.Pattern[str], output: str) -> list[int] | None:
     return [int(g) for g in found.groups()] if found else None
 
 
-def run(url: str, body: Path, load: Load, seconds: float, log_file: Path, cpus: str = "") -> Run:
+def run(
+    url: str,
+    body: Path,
+    load: Load,
+    seconds: float,
+    log_file: Path,
+    cpus: str = "",
+    headers: Callable[[], tuple[str, ...]] = tuple,
+) -> Run:
     """One timed h2load run, optionally pinned to `cpus`; latencies come from its per-request log.
 
     h2load 1.52's --rps now and then stops sending for part or all of a run (seen here with both servers
     idle), so a rate-limited run that falls short of the rate is run again, at most twice.
     """
-    result = _run_once(url, body, load, seconds, log_file, cpus)
+    result = _run_once(url, body, load, seconds, log_file, cpus, headers())
     for _retry in range(2):
         if not _short_of_rate(result, load):
             return result
         print(f"    (h2load sent only {result.rps:.0f} req/s of the rate asked; running again)", flush=True)
-        result = _run_once(url, body, load, seconds, log_file, cpus)
+        result = _run_once(url, body, load, seconds, log_file, cpus, headers())
     if _short_of_rate(result, load):
         asked = f"{result.rps:.0f} of the {(load.rps_per_client or 0) * load.clients:.0f} req/s asked"
         why = "h2load --rps stalled, or the server is saturated"
@@ -131,7 +140,9 @@ def _short_of_rate(result: Run, load: Load) -> bool:
     return result.rps < RATE_TOLERANCE * load.rps_per_client * load.clients
 
 
-def _run_once(url: str, body: Path, load: Load, seconds: float, log_file: Path, cpus: str) -> Run:
+def _run_once(
+    url: str, body: Path, load: Load, seconds: float, log_file: Path, cpus: str, headers: tuple[str, ...]
+) -> Run:
     command = [
         *(["taskset", "--cpu-list", cpus] if cpus else []),
         "h2load",
@@ -142,7 +153,7 @@ def _run_once(url: str, body: Path, load: Load, seconds: float, log_file: Path, 
         f"--warm-up-time={WARMUP_MS}ms",
         f"--data={body}",
         f"--log-file={log_file}",
-        *(f"--header={h}" for h in GRPC_HEADERS),
+        *(f"--header={h}" for h in (*GRPC_HEADERS, *headers)),
     ]
     if load.rps_per_client is not None:
         command.append(f"--rps={load.rps_per_client:.3f}")

@@ -54,7 +54,8 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.complete import CHUNKS, MESSAGES
+from bench.complete import MESSAGES
+from bench.floor import CHUNKS
 from bench.run import METHOD, Server, cpu_seconds, pinned, running
 from bench.seed import SCENARIOS, route_to_upstream, seed_admin
 from duo_common.tokens import sign_token

@@ -17,7 +17,7 @@ from sidecar.catalog import load_catalog
 # GitLab.com-sized ids, above anything the large preload uses, so the benchmark users stay unambiguous.
 PINNED_NAMESPACE = 95_000_001
 OTHER_NAMESPACE = 95_000_002
-MULTI_SEAT_USER = 21_000_001  # seats in both namespaces, asks in the context of PINNED_NAMESPACE
+MULTI_SEAT_USER = 21_000_001  # seats in both namespaces, default namespace PINNED_NAMESPACE
 SOLE_SEAT_USER = 21_000_002  # one seat, in PINNED_NAMESPACE, asks with no context
 PINS = (
     (PINNED_NAMESPACE, "code_completions", "claude_haiku_4_5_20251001"),
@@ -53,12 +53,21 @@ SCENARIOS = (
         types_pb2.SELECTION_SOURCE_SOLE_SEAT_NAMESPACE,
         "claude_sonnet_4_5_20250929",
     ),
+    Scenario(
+        "multi-seat, no context",
+        routing_pb2.ResolveModelRequest(user_id=MULTI_SEAT_USER, feature="duo_chat", root_namespace_id=0),
+        types_pb2.SELECTION_SOURCE_DEFAULT_NAMESPACE,
+        "claude_sonnet_4_5_20250929",
+    ),
 )
 
 
-def seed_admin(address: str) -> None:
-    """Pins and seats through the real admin RPCs, so the sidecar's snapshot is built the normal way."""
-    metadata = (("x-duo-actor", "bench"),)
+def seed_admin(address: str, authorization: str = "") -> None:
+    """Pins, seats and a default namespace through the real admin RPCs, so the sidecar's snapshot is built the
+    normal way. `authorization`: the admin token, when the sidecar checks tokens."""
+    metadata: tuple[tuple[str, str], ...] = (("x-duo-actor", "bench"),)
+    if authorization:
+        metadata += (("authorization", authorization),)
     with grpc.insecure_channel(address) as channel:
         admin = admin_pb2_grpc.AdminServiceStub(channel)
         for namespace_id, feature, model in PINS:
@@ -73,6 +82,11 @@ def seed_admin(address: str) -> None:
             assignments=[admin_pb2.SeatAssignment(user_id=u, namespace_id=n, assigned=True) for u, n in SEATS]
         )
         admin.SyncSeatAssignments(iter([batch]), metadata=metadata, timeout=30)
+        admin.SetUserDefaultNamespace(
+            admin_pb2.SetUserDefaultNamespaceRequest(user_id=MULTI_SEAT_USER, namespace_id=PINNED_NAMESPACE),
+            metadata=metadata,
+            timeout=30,
+        )
 
 
 def large_pins(now: str) -> Iterator[tuple[int, str, str, str]]:

@@ -15,7 +15,7 @@ from sidecar.catalog_refresh import startup_catalog
 from sidecar.config import Config, ConfigError, load_config
 from sidecar.key_rotation import rotate_key
 from sidecar.logs import setup_logging
-from sidecar.server import StartupError, open_store, serve
+from sidecar.server import StartupError, open_store, run_server
 from sidecar.store.base import StoreUnavailableError
 from sidecar.store.postgres import POSTGRES_ERRORS, redact_dsn
 from sidecar.store.sqlite import DatabaseLockedError, SchemaTooNewError
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         workers = args.workers or config.server.workers
         if workers > 1 and not runs_as_worker():  # a worker of a supervisor reads the same server.workers
             return asyncio.run(Supervisor(config, args.config, workers).run())
-        asyncio.run(serve(config))
+        run_server(config)
         return 0
     except (
         ConfigError,

@@ -15,11 +15,13 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.helpers import basicauth_from_netrc, get_env_proxy_for_url, netrc_from_env
+from yarl import URL
 
 from sidecar.catalog import FeatureInfo
 from sidecar.config import UpstreamConfig
@@ -35,9 +37,8 @@ from sidecar.upstream.base import (
     TextDelta,
     UpstreamRequest,
     error_for_status,
-    openai_sse_events,
-    raw_text_events,
     retryable_status,
+    stream_reader,
     upstream_error,
 )
 from sidecar.upstream.resilience import BreakerState, CircuitBreaker, InFlightLimit
@@ -127,6 +128,93 @@ class _Retryable(Exception):
 _BREAKER_VALUES = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
 
 
+@dataclass(frozen=True)
+class _FromEnvironment:
+    """What aiohttp's trust_env reads for an endpoint (HTTP(S)_PROXY, NO_PROXY and ~/.netrc), read once when the
+    endpoint's session is made: trust_env reads it on every request, in two trips to a thread pool."""
+
+    proxy: URL | None = None
+    proxy_auth: aiohttp.BasicAuth | None = None
+    netrc_auth: aiohttp.BasicAuth | None = None
+
+    def arguments(self, headers: Mapping[str, str]) -> dict[str, Any]:
+        """Request arguments: the proxy, and the netrc login unless the request carries its own credentials."""
+        arguments: dict[str, Any] = {"proxy": self.proxy, "proxy_auth": self.proxy_auth}
+        if self.netrc_auth is not None and "Authorization" not in headers:
+            arguments["auth"] = self.netrc_auth
+        return arguments
+
+
+def _from_environment(endpoint_key: str) -> _FromEnvironment:
+    url = URL(endpoint_key)
+    proxy, proxy_auth, netrc_auth = None, None, None
+    with contextlib.suppress(LookupError):
+        proxy, proxy_auth = get_env_proxy_for_url(url)
+    netrc = netrc_from_env()
+    if netrc is not None and url.host is not None:
+        with contextlib.suppress(LookupError):
+            netrc_auth = basicauth_from_netrc(netrc, url.host)
+    return _FromEnvironment(proxy, proxy_auth, netrc_auth)
+
+
+class _Watchdog:
+    """Bounds each wait for the upstream's next event as asyncio.timeout around every read would, with one timer
+    per completion instead of one per chunk: when the timer fires it checks whether the current bound has passed,
+    and sets itself for that bound if not. The first event is bounded by the first-token deadline, each later one
+    by idle_seconds from when the caller asked for it; while an event is with the caller nothing is bounded."""
+
+    __slots__ = ("_armed_at", "_handle", "_idle", "_loop", "_task", "bound", "expired", "first", "reading")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float, idle_seconds: float) -> None:
+        self._loop = loop
+        self._idle = idle_seconds
+        self._task: asyncio.Task[Any] | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = deadline
+        self.bound = deadline
+        self.first = True
+        self.reading = True
+        self.expired = False
+
+    def resumed(self) -> None:
+        """The caller asks for the next event: it has idle_seconds from now to come."""
+        self.first = False
+        self.bound = self._loop.time() + self._idle
+        self.reading = True
+        if self.bound < self._armed_at:  # the idle bound comes before the first-token deadline the timer is set for
+            self._arm(self.bound)
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = when
+        self._handle = self._loop.call_at(when, self._check)
+
+    async def __aenter__(self) -> _Watchdog:
+        self._task = asyncio.current_task()
+        self._arm(self.bound)
+        return self
+
+    def _check(self) -> None:
+        self._handle = None
+        now = self._loop.time()
+        if not self.reading:
+            self._arm(now + self._idle)
+        elif now < self.bound:
+            self._arm(self.bound)
+        elif self._task is not None:
+            self.expired = True
+            self._task.cancel()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        # Our cancel became a TimeoutError, unless someone else cancelled the task too (asyncio.timeout's rule).
+        cancelled = self.expired and exc_type is asyncio.CancelledError and self._task is not None
+        if cancelled and self._task is not None and self._task.uncancel() == 0:
+            raise TimeoutError from None
+
+
 class Completer:
     def __init__(
         self,
@@ -140,6 +228,7 @@ class Completer:
         self.vault = vault
         self.endpoints = endpoints
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._environment: dict[str, _FromEnvironment] = {}
         self.breakers: dict[str, CircuitBreaker] = {}
         self.limits: dict[str, InFlightLimit] = {}
 
@@ -169,7 +258,7 @@ class Completer:
             return EndpointPolicy()
         return self.endpoints
 
-    def _session(self, endpoint_key: str) -> aiohttp.ClientSession:
+    def _session(self, endpoint_key: str) -> tuple[aiohttp.ClientSession, _FromEnvironment]:
         session = self._sessions.get(endpoint_key)
         if session is None or session.closed:
             session = aiohttp.ClientSession(
@@ -183,10 +272,10 @@ class Completer:
                     ttl_dns_cache=60,
                     resolver=GuardedResolver(self._policy_for(endpoint_key)),
                 ),
-                trust_env=True,
             )
             self._sessions[endpoint_key] = session
-        return session
+            self._environment[endpoint_key] = _from_environment(endpoint_key)
+        return session, self._environment[endpoint_key]
 
     # -- targets ----------------------------------------------------------------------------------
 
@@ -265,10 +354,22 @@ class Completer:
             self.limits[key] = limit
         return limit
 
-    async def stream(self, target: UpstreamRequest) -> AsyncGenerator[Event]:
+    def stream(self, target: UpstreamRequest) -> AsyncGenerator[Event]:
         """Events from the upstream, guarded by the endpoint's in-flight cap and circuit breaker."""
-        limit = self._limit(target.endpoint_key)
-        if not limit.try_acquire():
+        return self._exchange(target, self.config.retries, self._breaker(target.endpoint_key), guarded=True)
+
+    async def _exchange(
+        self, target: UpstreamRequest, retries: int, breaker: CircuitBreaker | None, guarded: bool = False
+    ) -> AsyncGenerator[Event]:
+        """The upstream's events. One deadline, upstream.first_token_timeout_seconds from now, bounds everything
+        before the first token: connecting, every retry and its backoff, the response headers and the first token.
+        Retries (connection errors and HTTP 5xx only) get what is left of it, never a fresh bound. Guarded: within
+        the endpoint's in-flight cap, and only while its circuit breaker lets requests through.
+
+        One generator from the socket to the caller: each chunk is read, parsed and handed on here, the stage
+        every streamed token passes through."""
+        limit = self._limit(target.endpoint_key) if guarded else None
+        if limit is not None and not limit.try_acquire():
             raise upstream_error(
                 ErrorCode.RESOURCE_EXHAUSTED,
                 "UPSTREAM_CONCURRENCY_LIMIT",
@@ -276,36 +377,83 @@ class Completer:
                 f"{self.config.max_in_flight_per_endpoint} requests to {target.description} are already in flight; "
                 "retry later",
             )
-        breaker = self._breaker(target.endpoint_key)
         try:
-            if not breaker.allow():
-                error = upstream_error(
+            if guarded and breaker is not None and not breaker.allow():
+                raise upstream_error(
                     ErrorCode.UNAVAILABLE,
                     "CIRCUIT_OPEN",
                     target,
                     f"{target.description} failed repeatedly; requests fail fast for another "
                     f"{breaker.retry_after_seconds():.0f} s",
                 )
-                raise error
-            async for event in self._exchange(target, self.config.retries, breaker):
-                yield event
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.config.first_token_timeout_seconds
+            response = await self._open_with_retries(target, retries, breaker, deadline)
+            reader = stream_reader(target)
+            content = response.content
+            watchdog = _Watchdog(loop, deadline, self.config.idle_timeout_seconds)
+            try:
+                try:
+                    async with watchdog:
+                        while not reader.done:
+                            try:
+                                data = await content.readany()
+                            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                                raise upstream_error(
+                                    ErrorCode.UNAVAILABLE,
+                                    "UPSTREAM_STREAM_BROKEN",
+                                    target,
+                                    f"{target.description} broke off the stream: {type(exc).__name__}",
+                                ) from None
+                            if not data:
+                                break
+                            text = reader.feed(data)
+                            if text:
+                                watchdog.reading = False
+                                yield TextDelta(text)
+                                watchdog.resumed()
+                        text, finished = reader.end()
+                        watchdog.reading = False
+                        if text:
+                            yield TextDelta(text)
+                        yield finished
+                except TimeoutError:
+                    raise (
+                        self._first_token_timeout(target)
+                        if watchdog.first
+                        else upstream_error(
+                            ErrorCode.UNAVAILABLE,
+                            "UPSTREAM_TIMEOUT",
+                            target,
+                            f"{target.description} sent nothing for {self.config.idle_timeout_seconds:g} s "
+                            "(upstream.idle_timeout_seconds) in the middle of its answer",
+                        )
+                    ) from None
+            except DuoError as error:
+                response.close()
+                if breaker is not None and error.code is ErrorCode.UNAVAILABLE:
+                    breaker.record_failure()
+                raise
+            except BaseException:
+                response.close()  # a cancelled caller closes the upstream connection at once
+                raise
+            response.release()
+            if breaker is not None:
+                breaker.record_success()
         finally:
-            breaker.release_trial()
-            limit.release()
+            if limit is not None:
+                if breaker is not None:
+                    breaker.release_trial()
+                limit.release()
 
-    async def _exchange(
-        self, target: UpstreamRequest, retries: int, breaker: CircuitBreaker | None
-    ) -> AsyncGenerator[Event]:
-        """The upstream's events. One deadline, upstream.first_token_timeout_seconds from now, bounds everything
-        before the first token: connecting, every retry and its backoff, the response headers and the first token.
-        Retries (connection errors and HTTP 5xx only) get what is left of it, never a fresh bound."""
+    async def _open_with_retries(
+        self, target: UpstreamRequest, retries: int, breaker: CircuitBreaker | None, deadline: float
+    ) -> aiohttp.ClientResponse:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.first_token_timeout_seconds
         attempt = 0
         while True:
             try:
-                response = await self._open(target, deadline)
-                break
+                return await self._open(target, deadline)
             except _Retryable as retryable:
                 if breaker is not None:
                     breaker.record_failure()
@@ -320,54 +468,6 @@ class Completer:
                 if breaker is not None and error.reason == "UPSTREAM_TIMEOUT":
                     breaker.record_failure()  # the endpoint failed, though a timeout is not retried
                 raise
-        try:
-            events = (
-                openai_sse_events(target, response)
-                if target.protocol == "openai_sse"
-                else raw_text_events(target, response)
-            )
-            async with contextlib.aclosing(events):
-                first = True
-                while True:
-                    try:
-                        async with asyncio.timeout_at(
-                            deadline if first else loop.time() + self.config.idle_timeout_seconds
-                        ):
-                            event = await anext(events)
-                    except StopAsyncIteration:
-                        break
-                    except TimeoutError:
-                        raise (
-                            self._first_token_timeout(target)
-                            if first
-                            else upstream_error(
-                                ErrorCode.UNAVAILABLE,
-                                "UPSTREAM_TIMEOUT",
-                                target,
-                                f"{target.description} sent nothing for {self.config.idle_timeout_seconds:g} s "
-                                "(upstream.idle_timeout_seconds) in the middle of its answer",
-                            )
-                        ) from None
-                    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-                        raise upstream_error(
-                            ErrorCode.UNAVAILABLE,
-                            "UPSTREAM_STREAM_BROKEN",
-                            target,
-                            f"{target.description} broke off the stream: {type(exc).__name__}",
-                        ) from None
-                    first = False
-                    yield event
-        except DuoError as error:
-            response.close()
-            if breaker is not None and error.code is ErrorCode.UNAVAILABLE:
-                breaker.record_failure()
-            raise
-        except BaseException:
-            response.close()  # a cancelled caller closes the upstream connection at once
-            raise
-        response.release()
-        if breaker is not None:
-            breaker.record_success()
 
     def _first_token_timeout(self, target: UpstreamRequest) -> DuoError:
         return upstream_error(
@@ -384,10 +484,12 @@ class Completer:
         refused = self._policy_for(target.endpoint_key).address_refusal(target.url)
         if refused is not None:
             raise _endpoint_not_allowed(target, refused)
-        session = self._session(target.endpoint_key)
+        session, environment = self._session(target.endpoint_key)
         try:
             async with asyncio.timeout_at(deadline):
-                response = await session.post(target.url, json=target.body, headers=target.headers)
+                response = await session.post(
+                    target.url, json=target.body, headers=target.headers, **environment.arguments(target.headers)
+                )
         except aiohttp.ConnectionTimeoutError:  # before the deadline: upstream.connect_timeout_seconds ran out
             raise _Retryable(
                 upstream_error(
@@ -461,10 +563,10 @@ class Completer:
         refused = self._policy_for(targets.origin(url)).address_refusal(url)
         if refused is not None:
             raise _endpoint_not_allowed(probe, refused)
-        session = self._session(targets.origin(url))
+        session, environment = self._session(targets.origin(url))
         try:
             async with asyncio.timeout(self.config.first_token_timeout_seconds):
-                async with session.get(url, headers=headers) as response:
+                async with session.get(url, headers=headers, **environment.arguments(headers)) as response:
                     if response.status >= 400:
                         raise error_for_status(probe, response.status, await response.text(errors="replace"))
                     return await response.json(content_type=None)

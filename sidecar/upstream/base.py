@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import json
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiohttp
 
 from sidecar.errors import DuoError, ErrorCode
 
@@ -167,34 +166,76 @@ def malformed(request: UpstreamRequest, what: str) -> DuoError:
     )
 
 
-async def _sse_line_batches(response: aiohttp.ClientResponse) -> AsyncGenerator[list[bytes]]:
-    """The complete lines that have arrived, a batch at a time: waits only when nothing is buffered."""
-    partial = b""
-    while True:
-        data = await response.content.readany()
-        if not data:
-            if partial:
-                yield [partial]
-            return
-        lines = (partial + data).split(b"\n")
-        partial = lines.pop()
-        if lines:
-            yield lines
+class OpenAIStream:
+    """Reads an OpenAI chat-completions SSE stream (vLLM, Azure OpenAI) as its bytes arrive.
 
-
-class _OpenAIStream:
-    """State of one OpenAI chat-completions stream while its SSE lines are read."""
+    `feed` takes whatever the connection delivered and returns the text of the complete lines in it, so chunks
+    that arrived together go out as one delta (a gRPC message saved, never a wait for more); `end` takes the
+    end of the body. Plain methods, no generator per stage: this runs once per chunk of every completion.
+    """
 
     def __init__(self, request: UpstreamRequest) -> None:
         self.request = request
         self.finish_reason = ""
         self.input_tokens = self.output_tokens = 0
         self.usage_reported = False
-        self.done = False
+        self.done = False  # [DONE] was read: nothing after it counts
         self.produced: list[str] = []
+        self._partial = b""
+
+    def feed(self, data: bytes) -> str:
+        """The text the complete lines of `data` (after what is buffered) carry; '' for none."""
+        lines = (self._partial + data).split(b"\n") if self._partial else data.split(b"\n")
+        self._partial = lines.pop()
+        return self._text_of_lines(lines)
+
+    def end(self) -> tuple[str, Finished]:
+        """At the end of the body (or after [DONE]): the text of an unterminated last line, and how it finished."""
+        request = self.request
+        text = self._text_of_lines([self._partial]) if self._partial and not self.done else ""
+        self._partial = b""
+        if not self.done and not self.finish_reason:
+            raise upstream_error(
+                ErrorCode.UNAVAILABLE,
+                "UPSTREAM_STREAM_BROKEN",
+                request,
+                f"{request.description} closed the stream before the completion finished",
+            )
+        input_tokens, output_tokens = self.input_tokens, self.output_tokens
+        if not self.usage_reported:
+            prompt = "".join(str(m.get("content", "")) for m in request.body.get("messages", []))
+            input_tokens, output_tokens = estimate_tokens(prompt), estimate_tokens("".join(self.produced))
+        finished = Finished(
+            self.finish_reason or "stop", input_tokens, output_tokens, usage_estimated=not self.usage_reported
+        )
+        return text, finished
+
+    def _text_of_lines(self, lines: list[bytes]) -> str:
+        texts = []
+        for line in lines:
+            if self.done:
+                break
+            if not line:
+                continue  # the blank line after every event
+            text = self.text_of(line)
+            if text:
+                texts.append(text)
+        if not texts:
+            return ""
+        text = texts[0] if len(texts) == 1 else "".join(texts)
+        self.produced.append(text)
+        return text
 
     def text_of(self, raw: bytes) -> str:
         """The generated text one SSE line carries ('' for none); records finish reason, usage and [DONE]."""
+        if raw.startswith(b"data: {"):  # the usual line: parsed straight from bytes
+            try:
+                chunk = json.loads(raw[6:])
+            except ValueError:
+                pass  # the general path below reports it
+            else:
+                if isinstance(chunk, dict):
+                    return self._text_of_chunk(chunk)
         request = self.request
         line = raw.decode("utf-8", errors="replace").strip()
         if not line or line.startswith(":") or line.startswith(("event:", "id:", "retry:")):
@@ -211,6 +252,10 @@ class _OpenAIStream:
             raise malformed(request, f"invalid JSON {request.redact(data, 80)!r}") from None
         if not isinstance(chunk, dict):
             raise malformed(request, "a chunk is not a JSON object")
+        return self._text_of_chunk(chunk)
+
+    def _text_of_chunk(self, chunk: dict[str, Any]) -> str:
+        request = self.request
         if "error" in chunk:
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else error
@@ -237,54 +282,44 @@ class _OpenAIStream:
         return text
 
 
-async def openai_sse_events(request: UpstreamRequest, response: aiohttp.ClientResponse) -> AsyncGenerator[Event]:
-    """Reads an OpenAI chat-completions SSE stream (vLLM, Azure OpenAI) into events.
+class RawTextStream:
+    """Reads the AI Gateway's prompt stream: raw UTF-8 text chunks, no usage. Same interface as OpenAIStream."""
 
-    Text is forwarded as soon as it arrives; chunks that arrived together go out as one delta, which saves
-    the caller and the sidecar a gRPC message per chunk without ever waiting for more.
-    """
-    stream = _OpenAIStream(request)
-    async for lines in _sse_line_batches(response):
-        text = "".join(stream.text_of(line) for line in lines if not stream.done)
+    done = False  # the body's end is the only end
+
+    def __init__(self, request: UpstreamRequest) -> None:
+        self.request = request
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+        self.produced: list[str] = []
+
+    def feed(self, data: bytes) -> str:
+        try:
+            text = self._decoder.decode(data)
+        except UnicodeDecodeError:
+            raise malformed(self.request, "the text is not UTF-8") from None
         if text:
-            stream.produced.append(text)
-            yield TextDelta(text)
-        if stream.done:
-            break
-    if not stream.done and not stream.finish_reason:
-        raise upstream_error(
-            ErrorCode.UNAVAILABLE,
-            "UPSTREAM_STREAM_BROKEN",
-            request,
-            f"{request.description} closed the stream before the completion finished",
+            self.produced.append(text)
+        return text
+
+    def end(self) -> tuple[str, Finished]:
+        tail = self.feed_final()
+        inputs = self.request.body.get("inputs", {})
+        prompt = "".join(str(m.get("content", "")) for m in inputs.get("messages", []))
+        finished = Finished(
+            "stop", estimate_tokens(prompt), estimate_tokens("".join(self.produced)), usage_estimated=True
         )
-    input_tokens, output_tokens = stream.input_tokens, stream.output_tokens
-    if not stream.usage_reported:
-        prompt = "".join(str(m.get("content", "")) for m in request.body.get("messages", []))
-        input_tokens, output_tokens = estimate_tokens(prompt), estimate_tokens("".join(stream.produced))
-    yield Finished(
-        stream.finish_reason or "stop", input_tokens, output_tokens, usage_estimated=not stream.usage_reported
-    )
+        return tail, finished
+
+    def feed_final(self) -> str:
+        try:
+            tail = self._decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            raise malformed(self.request, "the text is not UTF-8") from None
+        if tail:
+            self.produced.append(tail)
+        return tail
 
 
-async def raw_text_events(request: UpstreamRequest, response: aiohttp.ClientResponse) -> AsyncGenerator[Event]:
-    """Reads the AI Gateway's prompt stream: raw UTF-8 text chunks, no usage."""
-    import codecs
-
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    produced: list[str] = []
-    try:
-        async for chunk in response.content.iter_any():
-            text = decoder.decode(chunk)
-            if text:
-                produced.append(text)
-                yield TextDelta(text)
-        tail = decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        raise malformed(request, "the text is not UTF-8") from None
-    if tail:
-        produced.append(tail)
-        yield TextDelta(tail)
-    inputs = request.body.get("inputs", {})
-    prompt = "".join(str(m.get("content", "")) for m in inputs.get("messages", []))
-    yield Finished("stop", estimate_tokens(prompt), estimate_tokens("".join(produced)), usage_estimated=True)
+def stream_reader(request: UpstreamRequest) -> OpenAIStream | RawTextStream:
+    """The reader for the protocol of `request`'s answer."""
+    return OpenAIStream(request) if request.protocol == "openai_sse" else RawTextStream(request)
