@@ -26,6 +26,7 @@ class CatalogModel:
     identifier: str
     name: str
     provider: str
+    cost_indicator: str = ""  # "$", "$$", ...: what the user's model picker shows
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,7 @@ def parse_catalog(definitions: Mapping[str, Any], metadata: Mapping[str, Any]) -
             identifier=identifier,
             name=_require(raw, "name", str, where),
             provider=str(raw.get("provider") or ""),
+            cost_indicator=str(raw.get("cost_indicator") or ""),
         )
 
     meta_by_feature: dict[str, Mapping[str, Any]] = {}
