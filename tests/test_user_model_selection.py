@@ -74,7 +74,8 @@ async def namespace_selection(sidecar: Sidecar, namespace: int, feature: str = A
     listed = await sidecar.admin.ListNamespaceModelSelections(
         admin_pb2.ListNamespaceModelSelectionsRequest(namespace_id=namespace, page_size=1000)
     )
-    return next(s for s in listed.model_selections if s.feature == feature)
+    selection: admin_pb2.ModelSelection = next(s for s in listed.model_selections if s.feature == feature)
+    return selection
 
 
 async def test_namespace_allowlist_turns_a_hard_pin_into_a_default(start_server: StartServer) -> None:
