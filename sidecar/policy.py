@@ -351,11 +351,17 @@ def resolve_with_user_choice(
     Whatever the choice, the answer is either the choice or exactly what the request gets without one (an error
     included): the choice itself never fails a request.
     """
-    if snapshot.deployment_type is not DeploymentType.GITLAB_COM:
+    gitlab_com = snapshot.deployment_type is DeploymentType.GITLAB_COM
+    if not info.user_selectable:
+        base = (
+            _resolve_gitlab_com(snapshot, user_id, user, info, root_namespace_id)
+            if gitlab_com
+            else _resolve_instance(snapshot, info)
+        )
+        return base._replace(user_selection=UserSelection.IGNORED_NOT_USER_SELECTABLE)
+    if not gitlab_com:
         base = _resolve_instance(snapshot, info)
-        if not info.user_selectable:
-            verdict = UserSelection.IGNORED_NOT_USER_SELECTABLE
-        elif base.provider is not Provider.GITLAB_AI_GATEWAY:  # self-hosted or disabled by the admin
+        if base.provider is not Provider.GITLAB_AI_GATEWAY:  # self-hosted or disabled by the admin
             verdict = UserSelection.IGNORED_SELF_HOSTED
         else:
             verdict = judge_choice(instance_options(snapshot, info), info, selected)
