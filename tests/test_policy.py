@@ -27,6 +27,7 @@ from sidecar.policy import (
     DEFAULT_NAMESPACE_REQUIRED_MESSAGE,
     Resolution,
     resolve,
+    user_choices,
     user_defaults,
 )
 from sidecar.snapshot import Snapshot
@@ -481,3 +482,27 @@ def test_the_answer_is_the_allowed_choice_or_the_scope_setting_never_an_error_of
         for ns in user.seats:
             pin = next((m for n, _, m in world.namespace_pins if n == ns), None)
             assert choice in _allowed_by_scope(world, ns) or pin == choice
+
+
+@settings(max_examples=150, deadline=None)
+@given(choice_worlds())
+def test_the_picker_offers_exactly_the_choices_that_would_be_applied(drawn: tuple[ChoiceWorld, int, str]) -> None:
+    world, root, _ = drawn
+    snapshot, user = world.snapshot(), world.user()
+    choices = user_choices(snapshot, 1, AGENTIC, root, user)
+    applied = []
+    for model in AGENTIC_INFO.selectable_models:
+        try:
+            if resolve(snapshot, 1, AGENTIC, root, user, model).user_selection is UserSelection.APPLIED:
+                applied.append(model)
+        except DuoError:
+            pass
+    assert list(choices.allowed) == applied
+    assert choices.may_choose is bool(applied)
+    assert (choices.why_not is UserSelection.NOT_REQUESTED) is bool(applied)
+    if choices.pinned_model:
+        assert not applied and choices.why_not is UserSelection.IGNORED_PINNED
+    try:
+        assert choices.default == resolve(snapshot, 1, AGENTIC, root, user)
+    except DuoError as error:
+        assert (choices.default, choices.error_reason) == (None, error.reason)
