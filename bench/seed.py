@@ -22,7 +22,7 @@ SOLE_SEAT_USER = 21_000_002  # one seat, in PINNED_NAMESPACE, asks with no conte
 PINS = (
     (PINNED_NAMESPACE, "code_completions", "claude_haiku_4_5_20251001"),
     (PINNED_NAMESPACE, "duo_chat", "claude_sonnet_4_5_20250929"),
-    (OTHER_NAMESPACE, "code_completions", "codestral_2501_vertex"),
+    (OTHER_NAMESPACE, "code_completions", "codestral_2508_vertex"),
 )
 SEATS = ((MULTI_SEAT_USER, PINNED_NAMESPACE), (MULTI_SEAT_USER, OTHER_NAMESPACE), (SOLE_SEAT_USER, PINNED_NAMESPACE))
 

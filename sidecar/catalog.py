@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
@@ -21,12 +21,27 @@ class CatalogError(ValueError):
     """The catalog document is malformed; the message says where."""
 
 
+DEFAULT_MODEL_GROUP_PREFIX = "__default__"
+NO_DEPRECATIONS: Mapping[str, Deprecation] = MappingProxyType({})
+NO_TAGS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Deprecation:
+    """When a model was deprecated and the GitLab version that removes it (either may be empty)."""
+
+    deprecation_date: str
+    removal_version: str
+
+
 @dataclass(frozen=True, slots=True)
 class CatalogModel:
     identifier: str
     name: str
-    provider: str
-    cost_indicator: str = ""  # "$", "$$", ...: what the user's model picker shows
+    provider: str  # "" for self-hosted family pseudo-entries and load-balanced default groups
+    cost_indicator: str = ""
+    max_context_tokens: int = 0
+    deprecation: Deprecation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +58,16 @@ class FeatureInfo:
     compatible_families: frozenset[ModelFamily]
     # Users may pick their own model (DESIGN section 3, "User model selection"); sidecar metadata, not code.
     user_selectable: bool = False
+    # The real defaults; several when the AI Gateway balances the feature behind `default_model_group`.
+    default_models: tuple[str, ...] = ()
+    # The `__default__<feature>` pseudo-model when the feature has several defaults, else "".
+    default_model_group: str = ""
+    # Models deprecated for this feature only (still selectable until removed).
+    deprecated_models: Mapping[str, Deprecation] = field(default_factory=lambda: NO_DEPRECATIONS)
+    # The catalog's `dev.selectable_models`: offered to GitLab team members only, never in selectable_models.
+    team_only_models: tuple[str, ...] = ()
+    # Tag ("small", "large") to model, for flows that ask by tag.
+    models_for_tags: Mapping[str, str] = field(default_factory=lambda: NO_TAGS)
 
     def is_selectable(self, identifier: str) -> bool:
         return identifier in self.selectable_models
@@ -73,22 +98,78 @@ def _identifiers(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...
     return tuple(values)
 
 
+def _optional_str(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise CatalogError(f"{where}: '{key}' must be a string or null")
+    return value
+
+
+def _deprecation(raw: Any, where: str) -> Deprecation:
+    if not isinstance(raw, Mapping):
+        raise CatalogError(f"{where}: must be an object")
+    return Deprecation(
+        deprecation_date=_optional_str(raw, "deprecation_date", where),
+        removal_version=_optional_str(raw, "removal_version", where),
+    )
+
+
+def _model(raw: Any, where: str) -> CatalogModel:
+    if not isinstance(raw, Mapping):
+        raise CatalogError(f"{where}: must be an object")
+    context = raw.get("max_context_tokens") or 0
+    if not isinstance(context, int) or isinstance(context, bool) or context < 0:
+        raise CatalogError(f"{where}: 'max_context_tokens' must be a non-negative integer")
+    deprecation = raw.get("deprecation")
+    return CatalogModel(
+        identifier=_require(raw, "identifier", str, where),
+        name=_require(raw, "name", str, where),
+        provider=_optional_str(raw, "provider", where),
+        cost_indicator=_optional_str(raw, "cost_indicator", where),
+        max_context_tokens=context,
+        deprecation=None if deprecation is None else _deprecation(deprecation, f"{where}.deprecation"),
+    )
+
+
+def _feature_deprecations(raw: Mapping[str, Any], where: str) -> Mapping[str, Deprecation]:
+    entries = raw.get("deprecated_models") or []
+    if not isinstance(entries, list):
+        raise CatalogError(f"{where}: 'deprecated_models' must be a list")
+    found: dict[str, Deprecation] = {}
+    for j, entry in enumerate(entries):
+        at = f"{where}.deprecated_models[{j}]"
+        if not isinstance(entry, Mapping):
+            raise CatalogError(f"{at}: must be an object")
+        found[_require(entry, "identifier", str, at)] = _deprecation(entry, at)
+    return MappingProxyType(found) if found else NO_DEPRECATIONS
+
+
+def _tags(raw: Mapping[str, Any], where: str) -> Mapping[str, str]:
+    tags = raw.get("models_for_tags") or {}
+    if not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise CatalogError(f"{where}: 'models_for_tags' must map tags to model identifiers")
+    return MappingProxyType(dict(tags)) if tags else NO_TAGS
+
+
+def _team_only(raw: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    dev = raw.get("dev")
+    if dev is None:
+        return ()
+    if not isinstance(dev, Mapping):
+        raise CatalogError(f"{where}: 'dev' must be an object or null")
+    return _identifiers(dev, "selectable_models", f"{where}.dev")
+
+
 def parse_catalog(definitions: Mapping[str, Any], metadata: Mapping[str, Any]) -> Catalog:
     """Builds a Catalog; features without metadata get their name as title and no self-hosted families."""
     if not isinstance(definitions, Mapping):
         raise CatalogError("definitions: must be a JSON object")
     models: dict[str, CatalogModel] = {}
     for i, raw in enumerate(_require(definitions, "models", list, "definitions")):
-        where = f"models[{i}]"
-        if not isinstance(raw, Mapping):
-            raise CatalogError(f"{where}: must be an object")
-        identifier = _require(raw, "identifier", str, where)
-        models[identifier] = CatalogModel(
-            identifier=identifier,
-            name=_require(raw, "name", str, where),
-            provider=str(raw.get("provider") or ""),
-            cost_indicator=str(raw.get("cost_indicator") or ""),
-        )
+        model = _model(raw, f"models[{i}]")
+        models[model.identifier] = model
 
     meta_by_feature: dict[str, Mapping[str, Any]] = {}
     for raw in metadata.get("features", []):
@@ -100,12 +181,27 @@ def parse_catalog(definitions: Mapping[str, Any], metadata: Mapping[str, Any]) -
         if not isinstance(raw, Mapping):
             raise CatalogError(f"{where}: must be an object")
         name = _require(raw, "feature_setting", str, where)
-        default = _require(raw, "default_model", str, where)
-        selectable = _identifiers(raw, "selectable_models", where)
+        listed_default = _require(raw, "default_model", str, where)
+        # Today's shape lists the real defaults; the older one names a single default_model.
+        defaults = _identifiers(raw, "default_models", where) or (listed_default,)
+        group = listed_default if listed_default.startswith(DEFAULT_MODEL_GROUP_PREFIX) else ""
+        if group and (group in defaults or not _identifiers(raw, "default_models", where)):
+            raise CatalogError(f"{where} ({name}): '{group}' needs the real models in 'default_models'")
+        if not group and listed_default not in defaults:
+            raise CatalogError(f"{where} ({name}): default_model '{listed_default}' is not in 'default_models'")
+        # The gateway prepends the pseudo-model to selectable_models; here it is the group, not a model.
+        selectable = tuple(m for m in _identifiers(raw, "selectable_models", where) if m != group)
         beta = _identifiers(raw, "beta_models", where)
-        for identifier in (default, *selectable, *beta):
+        deprecated = _feature_deprecations(raw, where)
+        team_only = _team_only(raw, where)
+        tags = _tags(raw, where)
+        referenced = (listed_default, *defaults, *selectable, *beta, *deprecated, *team_only, *tags.values())
+        for identifier in referenced:
             if identifier not in models:
                 raise CatalogError(f"{where} ({name}): model '{identifier}' is not in 'models'")
+        for identifier in defaults:
+            if selectable and identifier not in selectable:
+                raise CatalogError(f"{where} ({name}): default model '{identifier}' is not in 'selectable_models'")
         meta = meta_by_feature.get(name, {})
         try:
             families = frozenset(ModelFamily[f.upper()] for f in meta.get("self_hosted_families", []))
@@ -114,13 +210,18 @@ def parse_catalog(definitions: Mapping[str, Any], metadata: Mapping[str, Any]) -
         features[name] = FeatureInfo(
             name=name,
             title=str(meta.get("title") or name),
-            default_model=default,
+            default_model=defaults[0],
             selectable_models=selectable,
             beta_models=beta,
             unit_primitives=_identifiers(raw, "unit_primitives", where),
             parent=meta.get("parent_feature") or None,
             compatible_families=families,
             user_selectable=meta.get("user_selectable") is True,
+            default_models=defaults,
+            default_model_group=group,
+            deprecated_models=deprecated,
+            team_only_models=tuple(m for m in team_only if m not in selectable),
+            models_for_tags=tags,
         )
     for info in features.values():
         if info.parent is not None and info.parent not in features:

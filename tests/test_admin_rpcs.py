@@ -200,7 +200,7 @@ async def test_pin_must_be_selectable(start_server: StartServer) -> None:
     refused = await rpc_error(
         sidecar.admin.UpdateNamespaceModelSelection(
             admin_pb2.UpdateNamespaceModelSelectionRequest(
-                namespace_id=10, feature="code_completions", offered_model_ref="gpt_5"
+                namespace_id=10, feature="code_completions", offered_model_ref="claude_sonnet_4_6"
             )
         )
     )
@@ -229,11 +229,11 @@ async def test_deployment_rules(start_server: StartServer, deployment: str, call
     sidecar = await start_server(deployment)
     calls = {
         "instance_pin": lambda: sidecar.admin.UpdateInstanceModelSelection(
-            admin_pb2.UpdateInstanceModelSelectionRequest(feature="duo_chat", offered_model_ref="gpt_5")
+            admin_pb2.UpdateInstanceModelSelectionRequest(feature="duo_chat", offered_model_ref="claude_sonnet_4_6")
         ),
         "namespace_pin": lambda: sidecar.admin.UpdateNamespaceModelSelection(
             admin_pb2.UpdateNamespaceModelSelectionRequest(
-                namespace_id=1, feature="duo_chat", offered_model_ref="gpt_5"
+                namespace_id=1, feature="duo_chat", offered_model_ref="claude_sonnet_4_6"
             )
         ),
         "self_hosted_model": lambda: sidecar.admin.CreateSelfHostedModel(
@@ -334,9 +334,9 @@ async def test_invalid_arguments_across_rpcs(start_server: StartServer) -> None:
         (sidecar.routing.ResolveModel(routing_pb2.ResolveModelRequest(user_id=0, feature="duo_chat")), "user_id"),
         (sidecar.routing.ResolveModel(routing_pb2.ResolveModelRequest(user_id=1, feature="nope")), "feature"),
         (admin.UpdateNamespaceModelSelection(admin_pb2.UpdateNamespaceModelSelectionRequest(
-            namespace_id=0, feature="duo_chat", offered_model_ref="gpt_5")), "namespace_id"),
+            namespace_id=0, feature="duo_chat", offered_model_ref="claude_sonnet_4_6")), "namespace_id"),
         (admin.UpdateNamespaceModelSelection(admin_pb2.UpdateNamespaceModelSelectionRequest(
-            namespace_id=1, feature="", offered_model_ref="gpt_5")), "feature"),
+            namespace_id=1, feature="", offered_model_ref="claude_sonnet_4_6")), "feature"),
         (admin.ListNamespaceModelSelections(admin_pb2.ListNamespaceModelSelectionsRequest(namespace_id=-1)),
          "namespace_id"),
         (admin.ListSelectableModels(admin_pb2.ListSelectableModelsRequest(page_size=-1)), "page_size"),
@@ -436,8 +436,8 @@ async def test_list_pagination_over_features(start_server: StartServer) -> None:
     assert names == sorted(names) and len(names) == len(set(names)) >= 18
     chat = await sidecar.admin.ListSelectableModels(admin_pb2.ListSelectableModelsRequest(feature="duo_chat"))
     entry = chat.features[0]
-    assert entry.default_model.identifier == "claude_sonnet_4_20250514_vertex"
-    assert "gpt_5" in [m.identifier for m in entry.selectable_models]
+    assert entry.default_model.identifier == "claude_sonnet_4_6_vertex"
+    assert "claude_sonnet_4_6" in [m.identifier for m in entry.selectable_models]
     assert types_pb2.MODEL_FAMILY_MISTRAL in entry.compatible_families
     sub = await sidecar.admin.ListSelectableModels(admin_pb2.ListSelectableModelsRequest(feature="duo_chat_fix_code"))
     assert sub.features[0].parent_feature == "duo_chat"
@@ -446,11 +446,15 @@ async def test_list_pagination_over_features(start_server: StartServer) -> None:
 async def test_server_info_and_audit_filter(start_server: StartServer) -> None:
     sidecar = await start_server("gitlab_com")
     await sidecar.admin.UpdateNamespaceModelSelection(
-        admin_pb2.UpdateNamespaceModelSelectionRequest(namespace_id=7, feature="duo_chat", offered_model_ref="gpt_5"),
+        admin_pb2.UpdateNamespaceModelSelectionRequest(
+            namespace_id=7, feature="duo_chat", offered_model_ref="claude_sonnet_4_6"
+        ),
         metadata=sidecar.actor("alice"),
     )
     await sidecar.admin.UpdateNamespaceModelSelection(
-        admin_pb2.UpdateNamespaceModelSelectionRequest(namespace_id=8, feature="duo_chat", offered_model_ref="gpt_5")
+        admin_pb2.UpdateNamespaceModelSelectionRequest(
+            namespace_id=8, feature="duo_chat", offered_model_ref="claude_sonnet_4_6"
+        )
     )
     info = await sidecar.admin.GetServerInfo(admin_pb2.GetServerInfoRequest())
     assert info.deployment_type == admin_pb2.DEPLOYMENT_TYPE_GITLAB_COM

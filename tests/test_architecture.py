@@ -116,8 +116,8 @@ def test_metrics_are_a_leaf_that_owners_hand_their_labels_to() -> None:
 
     used = {name for name in imports(REPO / "sidecar" / "metrics.py") if name.startswith("sidecar")}
     assert used <= {"sidecar"}, used
-    metrics = Metrics(features={"duo_chat"}, models={"gpt_5"})
+    metrics = Metrics(features={"duo_chat"}, models={"claude_sonnet_4_6"})
     assert (metrics.feature_label("duo_chat"), metrics.feature_label("nope")) == ("duo_chat", OTHER)
-    assert (metrics.model_label("gpt_5"), metrics.model_label("nope")) == ("gpt_5", OTHER)
+    assert (metrics.model_label("claude_sonnet_4_6"), metrics.model_label("nope")) == ("claude_sonnet_4_6", OTHER)
     metrics.set_labels({"code_suggestions"}, ())
     assert (metrics.feature_label("duo_chat"), metrics.feature_label("code_suggestions")) == (OTHER, "code_suggestions")

@@ -57,7 +57,7 @@ class Writer(threading.Thread):
                     if i % PIN_EVERY == 0:
                         admin.UpdateNamespaceModelSelection(
                             admin_pb2.UpdateNamespaceModelSelectionRequest(
-                                namespace_id=i, feature="duo_chat", offered_model_ref="gpt_5"
+                                namespace_id=i, feature="duo_chat", offered_model_ref="claude_sonnet_4_6"
                             ),
                             timeout=10,
                         )
@@ -80,7 +80,7 @@ def assert_consistent_prefix(path: Path) -> int:
         audit = [int(r[0]) for r in db.execute("SELECT config_version FROM audit_events ORDER BY id")]
         journal_mode = db.execute("PRAGMA journal_mode").fetchone()[0]
     assert seats == {(i, 10) for i in range(1, k + 1) if i % PIN_EVERY}
-    assert pins == {(i, "duo_chat", "gpt_5") for i in range(1, k + 1) if i % PIN_EVERY == 0}
+    assert pins == {(i, "duo_chat", "claude_sonnet_4_6") for i in range(1, k + 1) if i % PIN_EVERY == 0}
     assert audit == list(range(1, k + 1))
     assert journal_mode == "delete"  # a standalone file: nothing lives in a -wal beside it
     assert not path.with_name(path.name + "-wal").exists()
@@ -145,7 +145,10 @@ def test_backups_under_write_load_restore_every_change_committed_before_them(
         )
     assert int(info.config_version) == k >= committed_before
     assert seat_users == {i for i in range(1, k + 1) if i % PIN_EVERY}
-    assert (pinned.model_identifier, pinned.source) == ("gpt_5", types_pb2.SELECTION_SOURCE_CONTEXT_NAMESPACE)
+    assert (pinned.model_identifier, pinned.source) == (
+        "claude_sonnet_4_6",
+        types_pb2.SELECTION_SOURCE_CONTEXT_NAMESPACE,
+    )
 
 
 def test_restore_refuses_while_a_sidecar_holds_the_database(start_sidecar: StartSidecar, tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ async def assert_memory_matches_store(commands: AdminCommands) -> None:
 async def test_a_cancelled_caller_leaves_the_write_whole_and_the_store_writable(
     backend: Backend, store: Store, commands: AdminCommands, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    refs = ["gpt_5", "gpt_5_mini"]
+    refs = ["claude_sonnet_4_6", "claude_sonnet_4_5_20250929_vertex"]
     seen_points = 0
     with injected(backend.name, monkeypatch) as rounds:
         for k in range(1, MAX_AWAIT_POINTS):

@@ -64,14 +64,14 @@ def test_gitlab_com_default_namespace_flow(start_sidecar: StartSidecar, tmp_path
         *("42", "10"),
     ]
 
-    admin.run("namespace-models", "set", "--namespace", "20", "--feature", "duo_chat", "--model", "gpt_5")
+    admin.run("namespace-models", "set", "--namespace", "20", "--feature", "duo_chat", "--model", "claude_sonnet_4_6")
     pins = {row["feature"]: row for row in admin.json("namespace-models", "list", "--namespace", "20")}
-    assert pins["duo_chat"]["offered_model_ref"] == "gpt_5"
-    assert pins["duo_chat_explain_code"]["effective_model_identifier"] == "gpt_5"  # falls back to duo_chat
+    assert pins["duo_chat"]["offered_model_ref"] == "claude_sonnet_4_6"
+    assert pins["duo_chat_explain_code"]["effective_model_identifier"] == "claude_sonnet_4_6"  # falls back to duo_chat
 
     with_context = admin.fields("resolve", "--user", "42", "--feature", "duo_chat", "--namespace", "20")
     assert with_context["provider"] == "gitlab_ai_gateway"
-    assert with_context["model_identifier"] == "gpt_5"
+    assert with_context["model_identifier"] == "claude_sonnet_4_6"
     assert with_context["source"] == "context_namespace"
     assert with_context["governing_namespace_id"] == "20"
 
@@ -89,7 +89,7 @@ def test_gitlab_com_default_namespace_flow(start_sidecar: StartSidecar, tmp_path
     assert rows["duo_chat"][:2] == ["error", "DEFAULT_NAMESPACE_REQUIRED"]
     assert rows["code_completions"][:3] == [
         "gitlab_ai_gateway",
-        "codestral_2501_fireworks",
+        "codestral_2508_fireworks",
         "unanimous_seat_namespaces",
     ]
 
@@ -98,7 +98,7 @@ def test_gitlab_com_default_namespace_flow(start_sidecar: StartSidecar, tmp_path
     admin.run("default-namespace", "set", "--user", "42", "--namespace", "20")
 
     no_context = admin.json("resolve", "--user", "42", "--feature", "duo_chat")
-    assert no_context["model_identifier"] == "gpt_5"
+    assert no_context["model_identifier"] == "claude_sonnet_4_6"
     assert no_context["source"] == "SELECTION_SOURCE_DEFAULT_NAMESPACE"
     assert no_context["governing_namespace_id"] == 20
     assert no_context["default_namespace_prompt"] is False
@@ -174,18 +174,18 @@ def test_json_output_and_input_errors(start_sidecar: StartSidecar) -> None:
     assert [f["feature"] for f in catalog] == ["code_completions"]
     assert len(admin.json("features", "list")) == len(admin.json("catalog")) > 10
 
-    admin.run("instance-models", "set", "--feature", "code_completions", "--model", "codestral_2501_vertex")
+    admin.run("instance-models", "set", "--feature", "code_completions", "--model", "codestral_2508_vertex")
     pinned = {s["feature"]: s for s in admin.json("instance-models", "list")}["code_completions"]
-    assert pinned["effective_model_identifier"] == "codestral_2501_vertex"
+    assert pinned["effective_model_identifier"] == "codestral_2508_vertex"
     assert admin.fields("resolve", "--user", "3", "--feature", "code_completions")["source"] == "instance"
     admin.run("instance-models", "set", "--feature", "code_completions", "--default")
     restored = admin.fields("resolve", "--user", "3", "--feature", "code_completions")
     assert (restored["source"], restored["gitlab_default"]) == ("gitlab_default", "true")
 
     not_selectable = admin.run(
-        "instance-models", "set", "--feature", "code_completions", "--model", "gpt_5", expect=1
+        "instance-models", "set", "--feature", "code_completions", "--model", "claude_sonnet_4_6", expect=1
     ).stderr.splitlines()
-    assert not_selectable[0].startswith("error: INVALID_ARGUMENT: 'gpt_5' is not a selectable model")
+    assert not_selectable[0].startswith("error: INVALID_ARGUMENT: 'claude_sonnet_4_6' is not a selectable model")
     assert "reason: MODEL_NOT_SELECTABLE" in not_selectable
 
     bad_endpoint = admin.run(

@@ -57,7 +57,7 @@ def test_gitlab_com_pages_batches_and_error_details(start_sidecar: StartSidecar)
         assert paged == [s.feature for s in all_features.features] and len(paged) > 10
         assert len(list(admin.iter_namespace_model_selections(20, page_size=4))) == len(paged)
 
-        admin.update_namespace_model_selection(20, "duo_chat", "gpt_5")
+        admin.update_namespace_model_selection(20, "duo_chat", "claude_sonnet_4_6")
         with pytest.raises(DuoAdminError) as refused:
             routing.resolve_model(24, "duo_chat")
         error = refused.value
@@ -76,7 +76,7 @@ def test_gitlab_com_pages_batches_and_error_details(start_sidecar: StartSidecar)
 
         assert admin.set_user_default_namespace(24, 20).default_namespace_id == 20
         resolved = routing.resolve_model(24, "duo_chat")
-        assert (resolved.model_identifier, resolved.governing_namespace_id) == ("gpt_5", 20)
+        assert (resolved.model_identifier, resolved.governing_namespace_id) == ("claude_sonnet_4_6", 20)
         status = admin.get_user_routing_status(24)
         assert list(status.seat_namespace_ids) == [10, 20] and status.explicit_default_valid
 

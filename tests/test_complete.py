@@ -18,6 +18,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from gitlab.duo.routing.v1 import admin_pb2, routing_pb2, types_pb2
+from sidecar.catalog import load_catalog
 from tests.completion import FAST, MESSAGES, TOKEN, collect, complete_request, read_all, self_hosted
 from tests.conftest import Sidecar, StartServer
 from tests.helpers import REPO, ErrorDetails, duo_admin_path, error_details
@@ -138,10 +139,12 @@ async def test_ai_gateway_gets_gitlabs_headers_and_model_metadata(
 ) -> None:
     sidecar = await gateway_sidecar(start_server, upstream, tmp_path)
     await sidecar.admin.UpdateNamespaceModelSelection(
-        admin_pb2.UpdateNamespaceModelSelectionRequest(namespace_id=10, feature="duo_chat", offered_model_ref="gpt_5")
+        admin_pb2.UpdateNamespaceModelSelectionRequest(
+            namespace_id=10, feature="duo_chat", offered_model_ref="claude_sonnet_4_6"
+        )
     )
     events = await collect(sidecar.routing.Complete(complete_request("duo_chat", user=7, namespace=10)))
-    assert events[0].route.model_identifier == "gpt_5"
+    assert events[0].route.model_identifier == "claude_sonnet_4_6"
     assert "".join(e.delta.text for e in events[1:-1]) == "Hello, world!"
     assert events[-1].finished.usage.estimated is True
     seen = upstream.requests[-1]
@@ -152,9 +155,13 @@ async def test_ai_gateway_gets_gitlabs_headers_and_model_metadata(
     assert headers["X-Gitlab-Instance-Id"] == "instance-uuid-1"
     assert headers["X-Gitlab-Realm"] == "saas"
     assert headers["X-Gitlab-Feature-Enabled-By-Namespace-Ids"] == "10"
-    assert headers["X-Gitlab-Unit-Primitive"] == "duo_chat"
+    assert headers["X-Gitlab-Unit-Primitive"] == load_catalog().features["duo_chat"].unit_primitives[0]
     assert len(headers["X-Gitlab-Global-User-Id"]) == 64 and headers["X-Gitlab-Global-User-Id"] != "7"
-    assert seen.body["model_metadata"] == {"provider": "gitlab", "feature_setting": "duo_chat", "identifier": "gpt_5"}
+    assert seen.body["model_metadata"] == {
+        "provider": "gitlab",
+        "feature_setting": "duo_chat",
+        "identifier": "claude_sonnet_4_6",
+    }
     assert seen.body["inputs"]["messages"][1] == {"role": "user", "content": "Say hello"}
     assert seen.body["stream"] is True
 
@@ -165,7 +172,10 @@ async def test_ai_gateway_gets_gitlabs_headers_and_model_metadata(
         "feature_setting": "code_completions",
         "identifier": "",
     }
-    assert upstream.requests[-1].headers["X-Gitlab-Unit-Primitive"] == "code_suggestions"
+    assert (
+        upstream.requests[-1].headers["X-Gitlab-Unit-Primitive"]
+        == load_catalog().features["code_completions"].unit_primitives[0]
+    )
 
 
 async def test_disabled_feature_and_routing_errors_fail_before_any_upstream_request(
@@ -187,7 +197,9 @@ async def test_disabled_feature_and_routing_errors_fail_before_any_upstream_requ
 
     await com.admin.SyncSeatAssignments(seats())
     await com.admin.UpdateNamespaceModelSelection(
-        admin_pb2.UpdateNamespaceModelSelectionRequest(namespace_id=10, feature="duo_chat", offered_model_ref="gpt_5")
+        admin_pb2.UpdateNamespaceModelSelectionRequest(
+            namespace_id=10, feature="duo_chat", offered_model_ref="claude_sonnet_4_6"
+        )
     )
     details, events = await failure(com.routing.Complete(complete_request()))
     assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "DEFAULT_NAMESPACE_REQUIRED")
@@ -342,23 +354,25 @@ async def test_refresh_catalog_keeps_the_last_good_copy(
 ) -> None:
     definitions = json.loads((REPO / "sidecar" / "data" / "model_definitions.json").read_text())
     for feature in definitions["unit_primitives"]:
-        feature["selectable_models"] = [m for m in feature["selectable_models"] if m != "gpt_5"]
+        feature["selectable_models"] = [m for m in feature["selectable_models"] if m != "claude_sonnet_4_5_20250929"]
     upstream.catalog = definitions
     data = tmp_path / "data"
     sidecar = await gateway_sidecar(start_server, upstream, tmp_path, DUO_SIDECAR_STORAGE_PATH=str(data / "s.db"))
     await sidecar.admin.UpdateNamespaceModelSelection(
-        admin_pb2.UpdateNamespaceModelSelectionRequest(namespace_id=10, feature="duo_chat", offered_model_ref="gpt_5")
+        admin_pb2.UpdateNamespaceModelSelectionRequest(
+            namespace_id=10, feature="duo_chat", offered_model_ref="claude_sonnet_4_5_20250929"
+        )
     )
     before = await sidecar.admin.GetServerInfo(admin_pb2.GetServerInfoRequest())
     refreshed = await sidecar.admin.RefreshCatalog(admin_pb2.RefreshCatalogRequest())
     assert refreshed.changed and refreshed.catalog_version != before.catalog_version
-    assert list(refreshed.unavailable_pins) == ["namespaces/10:duo_chat:gpt_5"]
+    assert list(refreshed.unavailable_pins) == ["namespaces/10:duo_chat:claude_sonnet_4_5_20250929"]
     assert upstream.requests[-1].raw_path == "/v1/models%2Fdefinitions"
     assert upstream.requests[-1].headers["Authorization"] == "Bearer cc-token-xyz"
     answer = await sidecar.routing.ResolveModel(
         routing_pb2.ResolveModelRequest(user_id=1, feature="duo_chat", root_namespace_id=10)
     )
-    assert answer.pinned_model_unavailable and answer.model_identifier == "claude_sonnet_4_20250514_vertex"
+    assert answer.pinned_model_unavailable and answer.model_identifier == "claude_sonnet_4_6_vertex"
 
     upstream.catalog_status = 500
     details = error_details(await _rpc_error(sidecar.admin.RefreshCatalog(admin_pb2.RefreshCatalogRequest())))

@@ -26,7 +26,7 @@ from tests.helpers import run_sidecar
 ROUNDS = int(os.environ.get("DUO_SIDECAR_CONVERGENCE_ROUNDS", "3"))
 USERS = range(1, 9)
 NAMESPACES = range(1, 6)
-MODELS = ["", "gpt_5", "gpt_5_mini", "claude_sonnet_4_5_20250929"]
+MODELS = ["", "claude_sonnet_4_6", "claude_sonnet_4_5_20250929_vertex", "claude_sonnet_4_5_20250929"]
 WRITERS = 3
 OPERATIONS_PER_WRITER = 25
 SETTLE_SECONDS = 5.0

@@ -317,7 +317,7 @@ class Traffic:
         await self.com_admin.SyncSeatAssignments(seats())
         await self.com_admin.UpdateNamespaceModelSelection(
             admin_pb2.UpdateNamespaceModelSelectionRequest(
-                namespace_id=NAMESPACE, feature="duo_chat", offered_model_ref="gpt_5"
+                namespace_id=NAMESPACE, feature="duo_chat", offered_model_ref="claude_sonnet_4_6"
             )
         )
         created = await self.admin.CreateSelfHostedModel(
@@ -512,8 +512,8 @@ first_token_timeout_seconds = 5.0
         assert {
             ("custom_openai/mistral-small", "upstream_credentials_rejected"),
             ("custom_openai/mistral-small", "upstream_rate_limited"),
-            ("gpt_5", "upstream_error"),
-            ("gpt_5", "circuit_open"),
+            ("claude_sonnet_4_6", "upstream_error"),
+            ("claude_sonnet_4_6", "circuit_open"),
         } <= errors
         assert com_process.process.poll() is None and managed_process.process.poll() is None
     assert time.monotonic() - started < 45

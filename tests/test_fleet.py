@@ -17,7 +17,7 @@ from tests.helpers import free_port, run_sidecar
 from tests.tcp_proxy import TcpProxy
 
 PROPAGATION_SECONDS = 1.0
-DEFAULT_MODEL = "claude_sonnet_4_20250514_vertex"  # duo_chat for a user with no seat and no namespace pin
+DEFAULT_MODEL = "claude_sonnet_4_6_vertex"  # duo_chat for a user with no seat and no namespace pin
 
 
 @contextmanager
@@ -34,21 +34,23 @@ def sidecars(storages: list[str], tmp_path: Path) -> Iterator[list[Client]]:
 
 
 def check_propagation(first: Client, second: Client) -> None:
-    first.pin(10, "gpt_5")
-    wait_for(lambda: model_of(second, 2, namespace=10) == "gpt_5", PROPAGATION_SECONDS)  # the pin has arrived...
+    first.pin(10, "claude_sonnet_4_6")
+    wait_for(
+        lambda: model_of(second, 2, namespace=10) == "claude_sonnet_4_6", PROPAGATION_SECONDS
+    )  # the pin has arrived...
     assert model_of(second, 1) == DEFAULT_MODEL  # ...but user 1 holds no seat in 10 yet (and is now cached)
     first.seats((1, 10))
     # Only the seat, written through the other sidecar, can route user 1 to namespace 10's model.
-    wait_for(lambda: model_of(second, 1) == "gpt_5", PROPAGATION_SECONDS)
+    wait_for(lambda: model_of(second, 1) == "claude_sonnet_4_6", PROPAGATION_SECONDS)
     first.pin(10, "claude_sonnet_4_5_20250929")
     wait_for(lambda: model_of(second, 1) == "claude_sonnet_4_5_20250929", PROPAGATION_SECONDS)
     # A seat change reaches a user the other sidecar has cached: a second seat pinning another model.
     first.seats((1, 20))
-    first.pin(20, "gpt_5_mini")
+    first.pin(20, "claude_sonnet_4_5_20250929_vertex")
     wait_for(lambda: second.resolve(1) == grpc.StatusCode.FAILED_PRECONDITION, PROPAGATION_SECONDS)
     # And the other way round.
-    second.pin(30, "gpt_5_mini")
-    wait_for(lambda: model_of(first, 2, namespace=30) == "gpt_5_mini", PROPAGATION_SECONDS)
+    second.pin(30, "claude_sonnet_4_5_20250929_vertex")
+    wait_for(lambda: model_of(first, 2, namespace=30) == "claude_sonnet_4_5_20250929_vertex", PROPAGATION_SECONDS)
 
 
 def test_two_sidecars_on_one_postgres_database(tmp_path: Path) -> None:
@@ -72,26 +74,26 @@ def test_sidecar_cut_off_from_postgres_serves_its_snapshot_and_catches_up(tmp_pa
             proxied = f'[storage]\nbackend = "postgres"\ndsn = "{through(proxy, dsn)}"'
             with sidecars([direct, proxied], tmp_path) as (first, second):
                 first.seats((1, 10))
-                first.pin(10, "gpt_5")
-                wait_for(lambda: model_of(second, 1) == "gpt_5", PROPAGATION_SECONDS)
+                first.pin(10, "claude_sonnet_4_6")
+                wait_for(lambda: model_of(second, 1) == "claude_sonnet_4_6", PROPAGATION_SECONDS)
 
                 proxy.cut()
                 # Cut off: the second sidecar still answers from its snapshot and cache...
                 for _ in range(20):
-                    assert model_of(second, 1) == "gpt_5"
+                    assert model_of(second, 1) == "claude_sonnet_4_6"
                 # ...refuses writes it cannot commit, with a status a caller can retry...
                 with pytest.raises(grpc.RpcError) as refused:
-                    second.pin(10, "gpt_5_mini")
+                    second.pin(10, "claude_sonnet_4_5_20250929_vertex")
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
                 # ...and misses nothing that happens meanwhile.
                 first.pin(10, "claude_sonnet_4_5_20250929")
                 time.sleep(1.5)
-                assert model_of(second, 1) == "gpt_5"
+                assert model_of(second, 1) == "claude_sonnet_4_6"
 
                 proxy.restore()
                 waited = wait_for(lambda: model_of(second, 1) == "claude_sonnet_4_5_20250929", 15)
-                first.pin(10, "gpt_5_mini")  # a setting changed once the database is back
-                wait_for(lambda: model_of(second, 1) == "gpt_5_mini", PROPAGATION_SECONDS)
+                first.pin(10, "claude_sonnet_4_5_20250929_vertex")  # a setting changed once the database is back
+                wait_for(lambda: model_of(second, 1) == "claude_sonnet_4_5_20250929_vertex", PROPAGATION_SECONDS)
                 assert waited < 15
 
 
@@ -118,13 +120,13 @@ def test_workers_share_the_port_and_see_each_others_changes(tmp_path: Path) -> N
     with run_sidecar(config, port) as supervisor:
         wait_for(lambda: len(_config_versions(metrics)) == 2, 20)  # both workers up
         client = Client(supervisor)
-        client.pin(10, "gpt_5")
+        client.pin(10, "claude_sonnet_4_6")
         # The change landed on one worker; the other follows through the store within a second.
         waited = wait_for(lambda: set(_config_versions(metrics).values()) == {1.0}, PROPAGATION_SECONDS)
         assert waited < PROPAGATION_SECONDS
         for _ in range(10):  # fresh connections, spread over the workers by the kernel
             fresh = Client(supervisor)
-            assert model_of(fresh, 1, namespace=10) == "gpt_5"
+            assert model_of(fresh, 1, namespace=10) == "claude_sonnet_4_6"
             fresh.channel.close()
         client.channel.close()
 

@@ -29,7 +29,7 @@ DOCUMENTED = {
     grpc.StatusCode.UNAVAILABLE,  # Complete and TestSelfHostedModel: the upstream is down in this test
 }
 INTERESTING_STRINGS = [
-    "", "duo_chat", "duo_chat_fix_code", "code_completions", "gpt_5", "claude_sonnet_4_20250514",
+    "", "duo_chat", "duo_chat_fix_code", "code_completions", "claude_sonnet_4_6", "claude_sonnet_4_5_20250929",
     "custom_openai/x", "azure/x", "bedrock/x", "http://127.0.0.1:9/v1", "http://169.254.169.254/", "*", "name",
     "endpoint", "api_token", "\x00", "💥" * 10, "a" * 5000, "../../etc/passwd", "' OR 1=1 --", "%s%n",
     "system", "user", "assistant",

@@ -65,7 +65,9 @@ async def two_seats_with_a_pin(sidecar: Sidecar) -> None:
     """User 1 holds seats in 10 and 20, and 10 pins gpt_5 for Duo Chat: no-context Duo Chat needs a default."""
     await seats(sidecar, (1, 10), (1, 20))
     await sidecar.admin.UpdateNamespaceModelSelection(
-        admin_pb2.UpdateNamespaceModelSelectionRequest(namespace_id=10, feature="duo_chat", offered_model_ref="gpt_5")
+        admin_pb2.UpdateNamespaceModelSelectionRequest(
+            namespace_id=10, feature="duo_chat", offered_model_ref="claude_sonnet_4_6"
+        )
     )
 
 
@@ -80,7 +82,7 @@ async def test_default_namespace_required_and_a_resolution_move_exact_counters(s
     answer = await sidecar.routing.ResolveModel(
         routing_pb2.ResolveModelRequest(user_id=1, feature="duo_chat", root_namespace_id=10)
     )
-    assert answer.model_identifier == "gpt_5"
+    assert answer.model_identifier == "claude_sonnet_4_6"
     after = await scrape(sidecar)
 
     resolve = rpc("ResolveModel")
@@ -122,13 +124,13 @@ async def test_snapshot_swap_time_and_config_version_follow_admin_changes(start_
 async def test_pinned_model_unavailable_and_catalog_refresh(start_server: StartServer, tmp_path: Path) -> None:
     definitions = json.loads((REPO / "sidecar" / "data" / "model_definitions.json").read_text())
     for feature in definitions["unit_primitives"]:
-        feature["selectable_models"] = [m for m in feature["selectable_models"] if m != "gpt_5"]
+        feature["selectable_models"] = [m for m in feature["selectable_models"] if m != "claude_sonnet_4_5_20250929"]
     async with serve_upstream() as upstream:
         upstream.catalog = definitions
         sidecar = await start_server("gitlab_com", env={"DUO_SIDECAR_INSTANCE_AI_GATEWAY_URL": upstream.url})
         await sidecar.admin.UpdateNamespaceModelSelection(
             admin_pb2.UpdateNamespaceModelSelectionRequest(
-                namespace_id=10, feature="duo_chat", offered_model_ref="gpt_5"
+                namespace_id=10, feature="duo_chat", offered_model_ref="claude_sonnet_4_5_20250929"
             )
         )
         before = await scrape(sidecar)
@@ -368,9 +370,14 @@ async def test_in_flight_cancel_and_deadline(start_server: StartServer, upstream
 
     complete = rpc("Complete", kind="server_stream")
     labels = {"provider": "self_hosted", "model": "custom_openai/mistral-7b-instruct"}
-    for _ in range(50):  # the server notices a cancellation a moment after the client
+    for _ in range(200):  # the server notices a cancellation or a deadline a moment after the client
         after = await scrape(sidecar)
-        if value(after, "grpc_server_handled_total", grpc_code="DeadlineExceeded", **complete) == 1:
+        settled = (
+            value(after, "grpc_server_handled_total", grpc_code="DeadlineExceeded", **complete) == 1
+            and value(after, "duo_routing_upstream_requests_total", outcome="deadline_exceeded", **labels) == 1
+            and value(after, "duo_routing_upstream_in_flight", endpoint=endpoint) == 0
+        )
+        if settled:
             break
         await asyncio.sleep(0.05)
     assert value(after, "grpc_server_handled_total", grpc_code="Canceled", **complete) == 1

@@ -24,7 +24,7 @@ async def test_gitlab_com_changes_survive_a_restart_on_the_same_database(
     assert info.storage_backend == "postgres"
     await seats(first, (1, 10), (1, 20), (2, 10))
     await seats(first, (2, 10), assigned=False)
-    await pin(first, 20, "duo_chat", "gpt_5")
+    await pin(first, 20, "duo_chat", "claude_sonnet_4_6")
     await first.admin.SetUserDefaultNamespace(admin_pb2.SetUserDefaultNamespaceRequest(user_id=1, namespace_id=20))
     before = await resolve(first, 1, "duo_chat")
     await first.server.stop()
@@ -32,7 +32,7 @@ async def test_gitlab_com_changes_survive_a_restart_on_the_same_database(
     second = await start_postgres_server("gitlab_com", data_dir=tmp_path / "second")
     after = await resolve(second, 1, "duo_chat")
     assert (after.model_identifier, after.source, after.governing_namespace_id) == (
-        "gpt_5",
+        "claude_sonnet_4_6",
         types_pb2.SELECTION_SOURCE_DEFAULT_NAMESPACE,
         20,
     )
@@ -73,7 +73,7 @@ async def test_self_managed_changes_and_api_tokens_survive_a_restart_on_the_same
         )
     )
     await first.admin.UpdateInstanceModelSelection(
-        admin_pb2.UpdateInstanceModelSelectionRequest(feature="code_generations", offered_model_ref="gpt_5")
+        admin_pb2.UpdateInstanceModelSelectionRequest(feature="code_generations", offered_model_ref="claude_sonnet_4_6")
     )
     await first.admin.UpdateSelfHostedModel(
         admin_pb2.UpdateSelfHostedModelRequest(
@@ -88,7 +88,10 @@ async def test_self_managed_changes_and_api_tokens_survive_a_restart_on_the_same
     assert (chat.provider, chat.source) == (types_pb2.PROVIDER_SELF_HOSTED, types_pb2.SELECTION_SOURCE_FEATURE_SETTING)
     assert chat.config_version == "4"
     generations = await resolve(second, 1, "code_generations")
-    assert (generations.model_identifier, generations.source) == ("gpt_5", types_pb2.SELECTION_SOURCE_INSTANCE)
+    assert (generations.model_identifier, generations.source) == (
+        "claude_sonnet_4_6",
+        types_pb2.SELECTION_SOURCE_INSTANCE,
+    )
     stored = await second.admin.GetSelfHostedModel(admin_pb2.GetSelfHostedModelRequest(id=model_id))
     assert (stored.self_hosted_model.name, stored.self_hosted_model.api_token_set) == ("Mistral (renamed)", True)
     assert second.server.state is not None

@@ -160,8 +160,8 @@ def test_a_partitioned_postgres_fails_calls_within_the_bound_and_health_follows(
             )
         )
         other.seat(1, 10)
-        assert other.pin(10, "gpt_5") == grpc.StatusCode.OK
-        wait_for(lambda: sidecar.model(1) == "gpt_5", 5)  # user 1 is now in the partitioned sidecar's cache
+        assert other.pin(10, "claude_sonnet_4_6") == grpc.StatusCode.OK
+        wait_for(lambda: sidecar.model(1) == "claude_sonnet_4_6", 5)  # user 1 is now in the partitioned sidecar's cache
 
         # 1. A call that needs the database: a user it has not cached. It used to wait for its deadline.
         proxy.blackhole()
@@ -175,11 +175,11 @@ def test_a_partitioned_postgres_fails_calls_within_the_bound_and_health_follows(
         assert not_serving_after < BOUND + PROBE_INTERVAL + MARGIN
         print(f"partition 1: Storage health NOT_SERVING after {not_serving_after:.2f} s")
         # Routing from memory goes on; every call that needs the database fails fast, and is counted.
-        assert sidecar.model(1) == "gpt_5"
+        assert sidecar.model(1) == "claude_sonnet_4_6"
         for user in (1002, 1003):
             answer, elapsed = timed(lambda user=user: sidecar.resolve(user))  # type: ignore[misc]
             assert answer == grpc.StatusCode.UNAVAILABLE and elapsed < BOUND + MARGIN
-        answer, elapsed = timed(lambda: sidecar.pin(20, "gpt_5_mini"))
+        answer, elapsed = timed(lambda: sidecar.pin(20, "claude_sonnet_4_5_20250929_vertex"))
         assert answer == grpc.StatusCode.UNAVAILABLE
         assert elapsed < BOUND + MARGIN, f"an admin write took {elapsed:.2f} s"
         print(f"partition 1: UpdateNamespaceModelSelection UNAVAILABLE after {elapsed:.2f} s")
@@ -190,13 +190,13 @@ def test_a_partitioned_postgres_fails_calls_within_the_bound_and_health_follows(
         healed = wait_for(lambda: sidecar.storage_health() == SERVING, BOUND + PROBE_INTERVAL + 5)
         caught_up = wait_for(lambda: sidecar.model(1) == "claude_sonnet_4_5_20250929", 10)
         print(f"healed: SERVING after {healed:.2f} s, caught up after {healed + caught_up:.2f} s")
-        assert sidecar.pin(20, "gpt_5_mini") == grpc.StatusCode.OK
-        wait_for(lambda: other.model(2, namespace=20) == "gpt_5_mini", 5)
+        assert sidecar.pin(20, "claude_sonnet_4_5_20250929_vertex") == grpc.StatusCode.OK
+        wait_for(lambda: other.model(2, namespace=20) == "claude_sonnet_4_5_20250929_vertex", 5)
 
         # 2. An admin write is the first to meet the partition: its transaction's statement times out on a pooled
         # connection, and nothing after that (ROLLBACK, returning the connection) waits on the dead link again.
         proxy.blackhole()
-        answer, elapsed = timed(lambda: sidecar.pin(20, "gpt_5"))
+        answer, elapsed = timed(lambda: sidecar.pin(20, "claude_sonnet_4_6"))
         assert answer == grpc.StatusCode.UNAVAILABLE
         assert elapsed < BOUND + MARGIN, f"an admin write took {elapsed:.2f} s"
         print(f"partition 2: UpdateNamespaceModelSelection UNAVAILABLE after {elapsed:.2f} s")
@@ -213,7 +213,7 @@ def test_a_partitioned_postgres_fails_calls_within_the_bound_and_health_follows(
         print(f"partition 3 (no calls): Storage health NOT_SERVING after {not_serving_after:.2f} s")
         proxy.heal()
         wait_for(lambda: sidecar.storage_health() == SERVING, BOUND + PROBE_INTERVAL + 5)
-        assert sidecar.pin(20, "gpt_5") == grpc.StatusCode.OK
+        assert sidecar.pin(20, "claude_sonnet_4_6") == grpc.StatusCode.OK
 
         # Each outage said once when it started and once when it ended; no traceback per failed call.
         messages = sidecar.log_messages()
@@ -231,17 +231,17 @@ def test_a_held_sqlite_write_lock_fails_an_admin_write_within_the_bound(tmp_path
         holder = sqlite3.connect(database, isolation_level=None)
         try:
             holder.execute("BEGIN IMMEDIATE")  # another process's writer, holding the lock
-            answer, elapsed = timed(lambda: sidecar.pin(10, "gpt_5"))
+            answer, elapsed = timed(lambda: sidecar.pin(10, "claude_sonnet_4_6"))
             assert answer == grpc.StatusCode.UNAVAILABLE
             assert elapsed < bound + MARGIN, f"an admin write took {elapsed:.2f} s"
             print(f"SQLite write lock held: UpdateNamespaceModelSelection UNAVAILABLE after {elapsed:.2f} s")
-            assert sidecar.pin(10, "gpt_5") == grpc.StatusCode.UNAVAILABLE
+            assert sidecar.pin(10, "claude_sonnet_4_6") == grpc.StatusCode.UNAVAILABLE
             # Contention, not an outage: reads (and so health) go on.
             assert sidecar.storage_health() == SERVING
         finally:
             holder.execute("ROLLBACK")
             holder.close()
-        assert sidecar.pin(10, "gpt_5") == grpc.StatusCode.OK
+        assert sidecar.pin(10, "claude_sonnet_4_6") == grpc.StatusCode.OK
         # Said once (contention has no end to announce), not once per call; every failed call counted.
         messages = sidecar.log_messages()
         refused = [m for m in messages if m.startswith(REFUSED_LINE)]

@@ -73,7 +73,7 @@ async def test_a_reload_forgets_users_changed_between_reading_the_records_and_lo
     await seat_change(other, 1, 10)
     await state.catch_up()
     assert await state.user_routing(1) == UserRouting(frozenset({10}), 0)  # cached now
-    await pin_change(other, 10, "gpt_5")  # a configuration change: the catch-up reloads
+    await pin_change(other, 10, "claude_sonnet_4_6")  # a configuration change: the catch-up reloads
 
     load_state = store.load_state
 
@@ -85,7 +85,7 @@ async def test_a_reload_forgets_users_changed_between_reading_the_records_and_lo
     await state.catch_up()
     monkeypatch.undo()
     assert state.version == await store.config_version() == 3
-    assert state.snapshot.namespace_pins[10]["duo_chat"] == "gpt_5"
+    assert state.snapshot.namespace_pins[10]["duo_chat"] == "claude_sonnet_4_6"
     assert await state.user_routing(1) == UserRouting(frozenset(), 0)  # not the removed seat
 
 
@@ -155,7 +155,7 @@ def answer_on_a_new_connection(address: str) -> str:
 
 def check_read_your_writes(client: Client) -> None:
     address = client.channel._channel.target().decode()
-    models = ["gpt_5", "gpt_5_mini", "claude_sonnet_4_5_20250929"]
+    models = ["claude_sonnet_4_6", "claude_sonnet_4_5_20250929_vertex", "claude_sonnet_4_5_20250929"]
     for round_ in range(6):
         model = models[round_ % len(models)]
         client.pin(10, model)
@@ -179,7 +179,7 @@ def test_a_newer_schema_stops_writes_but_not_routing(tmp_path: Path) -> None:
     with run_sidecar(config, port) as sidecar:
         client = Client(sidecar)
         client.seats((1, 10))
-        client.pin(10, "gpt_5")
+        client.pin(10, "claude_sonnet_4_6")
         # A newer sidecar migrates the database while this one runs.
         with sqlite3.connect(database) as db:
             db.execute(
@@ -187,13 +187,15 @@ def test_a_newer_schema_stops_writes_but_not_routing(tmp_path: Path) -> None:
                 (LATEST_VERSION + 1,),
             )
         with pytest.raises(grpc.RpcError) as refused:
-            client.pin(10, "gpt_5_mini")
+            client.pin(10, "claude_sonnet_4_5_20250929_vertex")
         details = error_details(refused.value)
         assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "SCHEMA_TOO_NEW")
         assert "newer than this sidecar supports" in details.message
         with sqlite3.connect(database) as db:
-            assert db.execute("SELECT offered_model_ref FROM namespace_model_selections").fetchall() == [("gpt_5",)]
-        assert model_of(client, 1) == "gpt_5"  # routing goes on from the snapshot
+            assert db.execute("SELECT offered_model_ref FROM namespace_model_selections").fetchall() == [
+                ("claude_sonnet_4_6",)
+            ]
+        assert model_of(client, 1) == "claude_sonnet_4_6"  # routing goes on from the snapshot
         health = health_pb2_grpc.HealthStub(client.channel)
         status = health.Check(health_pb2.HealthCheckRequest(service="gitlab.duo.routing.v1.AdminService"), timeout=2)
         assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING

@@ -36,8 +36,11 @@ from sidecar.store.base import StoredState
 from sidecar.users import UserRouting
 
 CATALOG = load_catalog()
-CHAT_DEFAULT = "claude_sonnet_4_20250514_vertex"
-COMPLETIONS_DEFAULT = "codestral_2501_fireworks"
+CHAT_DEFAULT = CATALOG.features["duo_chat"].default_model
+# Two models selectable for duo_chat and most of its sub-features, neither a default.
+PICK = "claude_sonnet_4_6"
+OTHER_PICK = "claude_sonnet_4_5_20250929_vertex"
+COMPLETIONS_DEFAULT = CATALOG.features["code_completions"].default_model
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 VLLM = SelfHostedModel(
     "m1", "Mistral on vLLM", ModelFamily.MISTRAL, Platform.OPENAI_COMPATIBLE, "http://vllm:8000/v1",
@@ -91,30 +94,30 @@ class Case:
 SHARED_SEATS = [(1, 10), (1, 20)]
 CASES = [
     # GitLab.com rule 1: context namespace
-    Case("context pin", World(namespace_pins=[(10, "duo_chat", "gpt_5")]), "duo_chat", 10, "gpt_5",
+    Case("context pin", World(namespace_pins=[(10, "duo_chat", PICK)]), "duo_chat", 10, PICK,
          SelectionSource.CONTEXT_NAMESPACE, governing=10),
     Case("context without pin uses GitLab default", World(), "duo_chat", 10, CHAT_DEFAULT,
          SelectionSource.CONTEXT_NAMESPACE, governing=10, gitlab_default=True),
-    Case("sub-feature falls back to duo_chat pin", World(namespace_pins=[(10, "duo_chat", "gpt_5")]),
-         "duo_chat_explain_code", 10, "gpt_5", SelectionSource.CONTEXT_NAMESPACE, governing=10,
+    Case("sub-feature falls back to duo_chat pin", World(namespace_pins=[(10, "duo_chat", PICK)]),
+         "duo_chat_explain_code", 10, PICK, SelectionSource.CONTEXT_NAMESPACE, governing=10,
          effective_feature="duo_chat"),
     Case("sub-feature's own pin wins over duo_chat's",
-         World(namespace_pins=[(10, "duo_chat", "gpt_5"), (10, "duo_chat_explain_code", "gpt_5_mini")]),
-         "duo_chat_explain_code", 10, "gpt_5_mini", SelectionSource.CONTEXT_NAMESPACE, governing=10),
+         World(namespace_pins=[(10, "duo_chat", PICK), (10, "duo_chat_explain_code", OTHER_PICK)]),
+         "duo_chat_explain_code", 10, OTHER_PICK, SelectionSource.CONTEXT_NAMESPACE, governing=10),
     Case("context of another namespace ignores the user's default",
-         World(seats=SHARED_SEATS, defaults={1: 20}, namespace_pins=[(20, "duo_chat", "gpt_5")]),
+         World(seats=SHARED_SEATS, defaults={1: 20}, namespace_pins=[(20, "duo_chat", PICK)]),
          "duo_chat", 30, CHAT_DEFAULT, SelectionSource.CONTEXT_NAMESPACE, governing=30, gitlab_default=True),
     # rule 2: valid explicit default
     Case("explicit default namespace", World(seats=SHARED_SEATS, defaults={1: 20},
-         namespace_pins=[(20, "duo_chat", "gpt_5"), (10, "duo_chat", "claude_sonnet_4_20250514")]),
-         "duo_chat", 0, "gpt_5", SelectionSource.DEFAULT_NAMESPACE, governing=20),
+         namespace_pins=[(20, "duo_chat", PICK), (10, "duo_chat", "claude_sonnet_4_5_20250929")]),
+         "duo_chat", 0, PICK, SelectionSource.DEFAULT_NAMESPACE, governing=20),
     # rule 7: stale default is ignored
     Case("stale default (seat lost) with one seat left falls to the sole seat",
-         World(seats=[(1, 10)], defaults={1: 20}, namespace_pins=[(20, "duo_chat", "gpt_5")]),
+         World(seats=[(1, 10)], defaults={1: 20}, namespace_pins=[(20, "duo_chat", PICK)]),
          "duo_chat", 0, CHAT_DEFAULT, SelectionSource.SOLE_SEAT_NAMESPACE, governing=10, gitlab_default=True),
     # rule 3: sole seat
     Case("sole seat namespace", World(seats=[(1, 10)], namespace_pins=[(10, "code_completions",
-         "codestral_2501_vertex")]), "code_completions", 0, "codestral_2501_vertex",
+         "codestral_2508_vertex")]), "code_completions", 0, "codestral_2508_vertex",
          SelectionSource.SOLE_SEAT_NAMESPACE, governing=10),
     # rule 4: no seats
     Case("no seats: GitLab default", World(), "code_completions", 0, COMPLETIONS_DEFAULT,
@@ -123,10 +126,10 @@ CASES = [
     Case("several seats without pins agree on the default", World(seats=SHARED_SEATS), "duo_chat", 0,
          CHAT_DEFAULT, SelectionSource.UNANIMOUS_SEAT_NAMESPACES, gitlab_default=True, prompt=True),
     Case("several seats pinning the same model agree",
-         World(seats=SHARED_SEATS, namespace_pins=[(10, "duo_chat", "gpt_5"), (20, "duo_chat", "gpt_5")]),
-         "duo_chat", 0, "gpt_5", SelectionSource.UNANIMOUS_SEAT_NAMESPACES, prompt=True),
+         World(seats=SHARED_SEATS, namespace_pins=[(10, "duo_chat", PICK), (20, "duo_chat", PICK)]),
+         "duo_chat", 0, PICK, SelectionSource.UNANIMOUS_SEAT_NAMESPACES, prompt=True),
     Case("a pin on another feature does not block this one",
-         World(seats=SHARED_SEATS, namespace_pins=[(10, "duo_chat", "gpt_5")]), "code_completions", 0,
+         World(seats=SHARED_SEATS, namespace_pins=[(10, "duo_chat", PICK)]), "code_completions", 0,
          COMPLETIONS_DEFAULT, SelectionSource.UNANIMOUS_SEAT_NAMESPACES, gitlab_default=True, prompt=True),
     # rule 6: prompt is shown on context requests too
     Case("multi-seat user is prompted on context requests", World(seats=SHARED_SEATS), "duo_chat", 10,
@@ -136,13 +139,13 @@ CASES = [
          World(namespace_pins=[(10, "duo_chat", "retired_model_v1")]), "duo_chat", 10, CHAT_DEFAULT,
          SelectionSource.CONTEXT_NAMESPACE, governing=10, gitlab_default=True, unavailable=True),
     # Dedicated
-    Case("dedicated instance pin", World(DeploymentType.DEDICATED, instance_pins={"duo_chat": "gpt_5"}),
-         "duo_chat", 0, "gpt_5", SelectionSource.INSTANCE),
+    Case("dedicated instance pin", World(DeploymentType.DEDICATED, instance_pins={"duo_chat": PICK}),
+         "duo_chat", 0, PICK, SelectionSource.INSTANCE),
     Case("dedicated ignores namespaces and seats",
-         World(DeploymentType.DEDICATED, seats=SHARED_SEATS, namespace_pins=[(10, "duo_chat", "gpt_5")]),
+         World(DeploymentType.DEDICATED, seats=SHARED_SEATS, namespace_pins=[(10, "duo_chat", PICK)]),
          "duo_chat", 10, CHAT_DEFAULT, SelectionSource.GITLAB_DEFAULT, gitlab_default=True),
     Case("dedicated sub-feature falls back to the duo_chat instance pin",
-         World(DeploymentType.DEDICATED, instance_pins={"duo_chat": "gpt_5"}), "duo_chat_fix_code", 0, "gpt_5",
+         World(DeploymentType.DEDICATED, instance_pins={"duo_chat": PICK}), "duo_chat_fix_code", 0, PICK,
          SelectionSource.INSTANCE, effective_feature="duo_chat"),
     Case("dedicated ignores feature settings",
          World(DeploymentType.DEDICATED, feature_settings=[FeatureSetting("duo_chat", FeatureProvider.DISABLED)]),
@@ -153,7 +156,7 @@ CASES = [
     # Self-Managed
     Case("self-managed self-hosted feature setting",
          World(DeploymentType.SELF_MANAGED, feature_settings=[FeatureSetting("duo_chat", FeatureProvider.SELF_HOSTED,
-               "m1")], instance_pins={"duo_chat": "gpt_5"}),
+               "m1")], instance_pins={"duo_chat": PICK}),
          "duo_chat", 0, "custom_openai/mistral", SelectionSource.FEATURE_SETTING, provider=Provider.SELF_HOSTED),
     Case("self-managed disabled feature",
          World(DeploymentType.SELF_MANAGED, feature_settings=[FeatureSetting("duo_chat", FeatureProvider.DISABLED)]),
@@ -161,10 +164,10 @@ CASES = [
          effective_feature="duo_chat"),
     Case("self-managed vendored setting falls through to the instance pin",
          World(DeploymentType.SELF_MANAGED, feature_settings=[FeatureSetting("duo_chat", FeatureProvider.VENDORED)],
-               instance_pins={"duo_chat": "gpt_5"}),
-         "duo_chat", 0, "gpt_5", SelectionSource.INSTANCE),
+               instance_pins={"duo_chat": PICK}),
+         "duo_chat", 0, PICK, SelectionSource.INSTANCE),
     Case("self-managed with nothing set: GitLab default", World(DeploymentType.SELF_MANAGED), "code_generations", 0,
-         "claude_sonnet_4_20250514", SelectionSource.GITLAB_DEFAULT, gitlab_default=True),
+         CATALOG.features["code_generations"].default_model, SelectionSource.GITLAB_DEFAULT, gitlab_default=True),
 ]  # fmt: skip
 
 
@@ -193,7 +196,7 @@ def test_self_hosted_answer_names_the_model_but_carries_no_token() -> None:
 
 
 def test_ambiguous_seats_require_a_default_namespace() -> None:
-    world = World(seats=[(1, 30), (1, 10), (1, 20)], namespace_pins=[(10, "duo_chat", "gpt_5")])
+    world = World(seats=[(1, 30), (1, 10), (1, 20)], namespace_pins=[(10, "duo_chat", "claude_sonnet_4_6")])
     with pytest.raises(DuoError) as raised:
         world.resolve("duo_chat_refactor_code")
     error = raised.value
@@ -210,7 +213,9 @@ def test_ambiguous_seats_require_a_default_namespace() -> None:
 
 def test_stale_default_with_several_seats_is_never_used() -> None:
     world = World(
-        seats=SHARED_SEATS, defaults={1: 99}, namespace_pins=[(99, "duo_chat", "gpt_5"), (10, "duo_chat", "gpt_5_mini")]
+        seats=SHARED_SEATS,
+        defaults={1: 99},
+        namespace_pins=[(99, "duo_chat", "claude_sonnet_4_6"), (10, "duo_chat", "claude_sonnet_4_5_20250929_vertex")],
     )
     with pytest.raises(DuoError) as raised:
         world.resolve("duo_chat")
@@ -220,7 +225,7 @@ def test_stale_default_with_several_seats_is_never_used() -> None:
 
 
 def test_single_seat_user_is_never_prompted() -> None:
-    world = World(seats=[(1, 10)], namespace_pins=[(10, "duo_chat", "gpt_5")])
+    world = World(seats=[(1, 10)], namespace_pins=[(10, "duo_chat", "claude_sonnet_4_6")])
     for feature in CATALOG.features:
         assert world.resolve(feature).default_namespace_prompt is False
     assert user_defaults(world.user()).effective_default == 10

@@ -40,7 +40,7 @@ def test_restart_keeps_every_committed_change_on_gitlab_com(start_sidecar: Start
         )
         admin.UpdateNamespaceModelSelection(
             admin_pb2.UpdateNamespaceModelSelectionRequest(
-                namespace_id=20, feature="duo_chat", offered_model_ref="gpt_5"
+                namespace_id=20, feature="duo_chat", offered_model_ref="claude_sonnet_4_6"
             )
         )
         admin.SetUserDefaultNamespace(admin_pb2.SetUserDefaultNamespaceRequest(user_id=1, namespace_id=20))
@@ -56,7 +56,7 @@ def test_restart_keeps_every_committed_change_on_gitlab_com(start_sidecar: Start
         status = admin.GetUserRoutingStatus(admin_pb2.GetUserRoutingStatusRequest(user_id=1))
         audit = admin.ListAuditEvents(admin_pb2.ListAuditEventsRequest())
     assert after == before
-    assert (after.model_identifier, after.source) == ("gpt_5", types_pb2.SELECTION_SOURCE_DEFAULT_NAMESPACE)
+    assert (after.model_identifier, after.source) == ("claude_sonnet_4_6", types_pb2.SELECTION_SOURCE_DEFAULT_NAMESPACE)
     assert list(status.seat_namespace_ids) == [10, 20] and status.explicit_default_namespace_id == 20
     assert len(audit.audit_events) == 3
 
@@ -86,7 +86,9 @@ def test_restart_keeps_self_managed_settings(start_sidecar: StartSidecar, tmp_pa
             )
         )
         admin.UpdateInstanceModelSelection(
-            admin_pb2.UpdateInstanceModelSelectionRequest(feature="duo_chat", offered_model_ref="gpt_5_mini")
+            admin_pb2.UpdateInstanceModelSelectionRequest(
+                feature="duo_chat", offered_model_ref="claude_sonnet_4_5_20250929_vertex"
+            )
         )
     first.process.send_signal(signal.SIGTERM)
     assert first.process.wait(timeout=15) == 0
@@ -99,7 +101,7 @@ def test_restart_keeps_self_managed_settings(start_sidecar: StartSidecar, tmp_pa
         stored = admin.GetSelfHostedModel(admin_pb2.GetSelfHostedModelRequest(id=model.id)).self_hosted_model
         info = admin.GetServerInfo(admin_pb2.GetServerInfoRequest())
     assert completions.self_hosted_model_id == model.id
-    assert chat.model_identifier == "gpt_5_mini"
+    assert chat.model_identifier == "claude_sonnet_4_5_20250929_vertex"
     assert stored.api_token_set is True
     assert info.config_version == "3"
 

@@ -178,16 +178,16 @@ async def test_instance_and_namespace_pins(store: Store) -> None:
     async with store.transaction() as tx:
         assert await tx.get_instance_pin("duo_chat") is None
         assert await tx.get_namespace_pin(10, "duo_chat") is None
-        await tx.set_instance_pin("duo_chat", "gpt_5")
-        await tx.set_instance_pin("duo_chat", "claude_sonnet_4_20250514")  # replaces
-        await tx.set_instance_pin("code_completions", "codestral_2501_vertex")
-        await tx.set_namespace_pin(10, "duo_chat", "gpt_5")
-        await tx.set_namespace_pin(10, "duo_chat", "gpt_5_mini")
-        await tx.set_namespace_pin(20, "duo_chat", "gpt_5")
+        await tx.set_instance_pin("duo_chat", "claude_sonnet_4_6")
+        await tx.set_instance_pin("duo_chat", "claude_sonnet_4_5_20250929")  # replaces
+        await tx.set_instance_pin("code_completions", "codestral_2508_vertex")
+        await tx.set_namespace_pin(10, "duo_chat", "claude_sonnet_4_6")
+        await tx.set_namespace_pin(10, "duo_chat", "claude_sonnet_4_5_20250929_vertex")
+        await tx.set_namespace_pin(20, "duo_chat", "claude_sonnet_4_6")
     async with store.transaction() as tx:
-        assert await tx.get_instance_pin("duo_chat") == "claude_sonnet_4_20250514"
-        assert await tx.get_namespace_pin(10, "duo_chat") == "gpt_5_mini"
-        assert await tx.get_namespace_pin(20, "duo_chat") == "gpt_5"
+        assert await tx.get_instance_pin("duo_chat") == "claude_sonnet_4_5_20250929"
+        assert await tx.get_namespace_pin(10, "duo_chat") == "claude_sonnet_4_5_20250929_vertex"
+        assert await tx.get_namespace_pin(20, "duo_chat") == "claude_sonnet_4_6"
         assert await tx.get_namespace_pin(20, "code_completions") is None
         await tx.set_instance_pin("duo_chat", None)  # None (or empty) removes the pin
         await tx.set_namespace_pin(10, "duo_chat", "")
@@ -195,8 +195,8 @@ async def test_instance_and_namespace_pins(store: Store) -> None:
         assert await tx.get_instance_pin("duo_chat") is None
         assert await tx.get_namespace_pin(10, "duo_chat") is None
     state = await store.load_state()
-    assert state.instance_pins == {"code_completions": "codestral_2501_vertex"}
-    assert state.namespace_pins == [(20, "duo_chat", "gpt_5")]
+    assert state.instance_pins == {"code_completions": "codestral_2508_vertex"}
+    assert state.namespace_pins == [(20, "duo_chat", "claude_sonnet_4_6")]
 
 
 async def test_model_allowlists(store: Store) -> None:
@@ -316,7 +316,7 @@ async def test_config_version_is_bumped_once_per_change_and_written_to_the_audit
     assert versions == [1, 2, 3]
     assert await store.config_version() == 3
     async with store.transaction() as tx:  # no record_change: no new version
-        await tx.set_instance_pin("duo_chat", "gpt_5")
+        await tx.set_instance_pin("duo_chat", "claude_sonnet_4_6")
     assert await store.config_version() == 3
     async with store.transaction() as tx:  # two changes in one transaction: two versions
         assert await tx.record_change("a", "One", "x/1", "", "1", CONFIG_CHANGE) == 4
@@ -423,8 +423,8 @@ async def test_load_state_and_load_user_return_everything(store: Store) -> None:
         await tx.put_self_hosted_model(model("m1", "One"), TOKEN)
         await tx.put_self_hosted_model(model("m2", "Two"), None)
         await tx.put_feature_setting(FeatureSetting("duo_chat", FeatureProvider.SELF_HOSTED, "m1"))
-        await tx.set_instance_pin("code_completions", "codestral_2501_vertex")
-        await tx.set_namespace_pin(10, "duo_chat", "gpt_5")
+        await tx.set_instance_pin("code_completions", "codestral_2508_vertex")
+        await tx.set_namespace_pin(10, "duo_chat", "claude_sonnet_4_6")
         await tx.apply_seat_changes([SeatChange(1, 10, True), SeatChange(2, 10, True)])
         await tx.set_default_namespace(1, 10)
         await tx.record_change("tester", "Everything", "all", "", "", CONFIG_CHANGE)
@@ -435,8 +435,8 @@ async def test_load_state_and_load_user_return_everything(store: Store) -> None:
         model("m2", "Two"),
     ]
     assert state.feature_settings == [FeatureSetting("duo_chat", FeatureProvider.SELF_HOSTED, "m1")]
-    assert state.instance_pins == {"code_completions": "codestral_2501_vertex"}
-    assert state.namespace_pins == [(10, "duo_chat", "gpt_5")]
+    assert state.instance_pins == {"code_completions": "codestral_2508_vertex"}
+    assert state.namespace_pins == [(10, "duo_chat", "claude_sonnet_4_6")]
     assert await store.load_user(1) == UserRouting(frozenset({10}), 10)
     assert await store.load_user(2) == UserRouting(frozenset({10}), 0)
     assert await store.load_user(3) == UserRouting(frozenset(), 0)
@@ -451,8 +451,8 @@ async def test_a_failed_transaction_leaves_nothing(store: Store) -> None:
         async with store.transaction() as tx:
             await tx.put_self_hosted_model(model(), TOKEN)
             await tx.put_feature_setting(FeatureSetting("duo_chat", FeatureProvider.SELF_HOSTED, "m1"))
-            await tx.set_instance_pin("duo_chat", "gpt_5")
-            await tx.set_namespace_pin(10, "duo_chat", "gpt_5")
+            await tx.set_instance_pin("duo_chat", "claude_sonnet_4_6")
+            await tx.set_namespace_pin(10, "duo_chat", "claude_sonnet_4_6")
             await tx.apply_seat_changes([SeatChange(1, 10, True)])
             await tx.set_default_namespace(1, 10)
             await tx.record_change("tester", "Everything", "all", "", "", CONFIG_CHANGE)
@@ -505,7 +505,7 @@ async def test_every_commit_notifies_listeners_with_its_config_version(backend: 
                 await tx.record_change("tester", "Rolled back", "x", "", "", CONFIG_CHANGE)
                 raise RuntimeError("rolled back: no notification")
         async with store.transaction() as tx:
-            await tx.set_instance_pin("duo_chat", "gpt_5")  # no change recorded: no notification
+            await tx.set_instance_pin("duo_chat", "claude_sonnet_4_6")  # no change recorded: no notification
         assert await change(store) == 1
         async with store.transaction() as tx:
             await tx.record_change("tester", "One", "x/1", "", "", CONFIG_CHANGE)

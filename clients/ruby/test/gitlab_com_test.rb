@@ -30,10 +30,10 @@ class GitlabComTest < Minitest::Test
 
   def test_context_namespace_pin_wins_and_prompts_a_multi_seat_user
     @admin.assign_seats([[601, 6010], [601, 6020]])
-    @admin.pin_namespace_model(6020, "duo_chat", "gpt_5")
+    @admin.pin_namespace_model(6020, "duo_chat", "claude_sonnet_4_6")
 
     pinned = @client.resolve_model(user_id: 601, feature: "duo_chat", root_namespace_id: 6020)
-    assert_equal "gpt_5", pinned.model_identifier
+    assert_equal "claude_sonnet_4_6", pinned.model_identifier
     assert_equal :SELECTION_SOURCE_CONTEXT_NAMESPACE, pinned.source
     assert_equal 6020, pinned.governing_namespace_id
     refute pinned.gitlab_default
@@ -41,25 +41,25 @@ class GitlabComTest < Minitest::Test
 
     unpinned = @client.resolve_model(user_id: 601, feature: "duo_chat", root_namespace_id: 6010)
     assert unpinned.gitlab_default
-    refute_equal "gpt_5", unpinned.model_identifier
+    refute_equal "claude_sonnet_4_6", unpinned.model_identifier
     assert_equal 6010, unpinned.governing_namespace_id
   end
 
   def test_sub_feature_follows_the_namespace_duo_chat_pin
     @admin.assign_seats([[602, 6030]])
-    @admin.pin_namespace_model(6030, "duo_chat", "gpt_5")
+    @admin.pin_namespace_model(6030, "duo_chat", "claude_sonnet_4_6")
 
     route = @client.resolve_model(user_id: 602, feature: "duo_chat_explain_code", root_namespace_id: 6030)
-    assert_equal "gpt_5", route.model_identifier
+    assert_equal "claude_sonnet_4_6", route.model_identifier
     assert_equal "duo_chat", route.effective_feature
   end
 
   def test_no_context_request_of_a_single_seat_user_uses_that_namespace
     @admin.assign_seats([[701, 7010]])
-    @admin.pin_namespace_model(7010, "duo_chat", "gpt_5")
+    @admin.pin_namespace_model(7010, "duo_chat", "claude_sonnet_4_6")
 
     route = @client.resolve_model(user_id: 701, feature: "duo_chat")
-    assert_equal "gpt_5", route.model_identifier
+    assert_equal "claude_sonnet_4_6", route.model_identifier
     assert_equal :SELECTION_SOURCE_SOLE_SEAT_NAMESPACE, route.source
     assert_equal 7010, route.governing_namespace_id
     refute route.default_namespace_prompt
@@ -67,7 +67,7 @@ class GitlabComTest < Minitest::Test
 
   def test_default_namespace_required_is_a_ruby_exception_rails_can_show
     @admin.assign_seats([[801, 8010], [801, 8020]])
-    @admin.pin_namespace_model(8020, "duo_chat", "gpt_5")
+    @admin.pin_namespace_model(8020, "duo_chat", "claude_sonnet_4_6")
     @admin.set_default_namespace(801, 0) # none yet, also when this file runs again on the same sidecar
 
     error = assert_raises(DuoRouting::DefaultNamespaceRequiredError) do
@@ -98,7 +98,7 @@ class GitlabComTest < Minitest::Test
     # Once the user picks a default namespace, the same request is answered from it.
     @admin.set_default_namespace(801, 8020)
     route = @client.resolve_model(user_id: 801, feature: "duo_chat")
-    assert_equal "gpt_5", route.model_identifier
+    assert_equal "claude_sonnet_4_6", route.model_identifier
     assert_equal :SELECTION_SOURCE_DEFAULT_NAMESPACE, route.source
     refute route.default_namespace_prompt
   end
