@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = run.Settings(args.rounds, args.seconds, False, "0" if pin else "", "1" if pin else "")
     h2load.ensure_installed()
     started = time.monotonic()
+    machine_before, own_before = run.cpu_seconds()
     with tempfile.TemporaryDirectory(prefix="duo-bench-choice-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
         port = free_port()
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             sidecar_peak_rss_mib=sidecar.rss_mib("VmHWM"),
             scenarios=scenarios,
         )
+    machine_after, own_after = run.cpu_seconds()
+    report.other_cpu_seconds = max(0.0, (machine_after - machine_before) - (own_after - own_before))
     checks = [p.passed for s in report.scenarios for p in s.points] + [s.half_load.passed for s in report.scenarios]
     report.targets, report.failed = len(checks), checks.count(False)
     report.total_seconds = time.monotonic() - started

@@ -82,7 +82,8 @@ class SelfHostedModelInput:
 
 @dataclass(frozen=True)
 class DroppedModelRef:
-    """A ref an allowlist update did not keep, and why (UNKNOWN_MODEL, NOT_SELECTABLE_FOR_FEATURE, DUPLICATE)."""
+    """A ref an allowlist update did not keep, and why (UNKNOWN_MODEL, NOT_SELECTABLE_FOR_FEATURE, TEAM_ONLY_MODEL,
+    DUPLICATE)."""
 
     model_ref: str
     reason: str
@@ -109,6 +110,14 @@ def vet_allowlist(
             dropped.append(DroppedModelRef(shown, "DUPLICATE", f"{shown!r} is listed more than once; it is kept once"))
         elif info.is_selectable(ref):
             kept.append(ref)
+        elif ref in info.team_only_models:
+            dropped.append(
+                DroppedModelRef(
+                    shown,
+                    "TEAM_ONLY_MODEL",
+                    f"{shown!r} is offered for {info.name} to GitLab team members only, not to users",
+                )
+            )
         elif ref in catalog.models:
             dropped.append(
                 DroppedModelRef(

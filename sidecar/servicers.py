@@ -171,6 +171,9 @@ def user_choices_to_proto(
             )
         elif default.provider is not Provider.DISABLED:
             response.default_model.CopyFrom(_picker_model(snapshot, default.model_identifier))
+            info = snapshot.catalog.features[feature]
+            if default.gitlab_default and info.default_model_group:  # drawn from a load-balanced default
+                response.default_model_group = info.default_model_group
     if choices.pinned_model:
         response.pinned_model.CopyFrom(_picker_model(snapshot, choices.pinned_model))
     return response

@@ -28,7 +28,9 @@ CATALOG = load_catalog()
 INFO = CATALOG.features[AGENTIC]
 # Read from the catalog: three selectable models that are not the default, one the feature does not offer.
 A, B, C = [m for m in INFO.selectable_models if m != INFO.default_model and "__default__" not in m][:3]
-FOREIGN = next(m for m in CATALOG.models if not INFO.is_selectable(m) and "__default__" not in m)
+FOREIGN = next(
+    m for m in CATALOG.models if not INFO.is_selectable(m) and m not in INFO.team_only_models and "__default__" not in m
+)
 UNKNOWN = "no_such_model_v0"
 
 
@@ -493,3 +495,19 @@ async def test_allowlist_reaches_another_sidecar_on_the_same_postgres(
         await asyncio.sleep(0.02)
     assert (answer.model_identifier, answer.user_selection) == (B, types_pb2.USER_SELECTION_APPLIED)
     assert (await namespace_selection(second, 10)).allowlist == reply.model_selection.allowlist
+
+
+async def test_team_only_models_are_dropped_and_a_balanced_default_is_named(start_server: StartServer) -> None:
+    assert INFO.team_only_models and INFO.default_model_group, "the bundled catalog has both for agentic chat"
+    sidecar = await start_server("gitlab_com")
+    team_only = INFO.team_only_models[0]
+    reply = await namespace_allowlist(sidecar, 10, [team_only, B])
+    assert [(d.model_ref, d.reason) for d in reply.dropped_model_refs] == [(team_only, "TEAM_ONLY_MODEL")]
+    assert (await choose(sidecar, team_only, 10)).user_selection == types_pb2.USER_SELECTION_IGNORED_UNKNOWN_MODEL
+    balanced = await picker(sidecar, 10)
+    assert (balanced.default_model.identifier, balanced.default_model_group) == (
+        (await choose(sidecar, "", 10)).model_identifier,
+        INFO.default_model_group,
+    )
+    await pin(sidecar, 10, AGENTIC, A)
+    assert (await picker(sidecar, 10)).default_model_group == ""
