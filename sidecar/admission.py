@@ -1,21 +1,18 @@
-"""Admission: a limit of calls in flight per kind of call, so overload is refused (RESOURCE_EXHAUSTED / OVERLOADED,
-with RetryInfo, counted) instead of queued without bound or shed by gRPC as CANCELLED; and, once shutdown has
-begun, new calls are refused with UNAVAILABLE / SHUTTING_DOWN while calls in flight finish.
+"""Admission, the limits step of the edge chain (sidecar.edge): a limit of calls in flight per kind of call, so
+overload is refused (RESOURCE_EXHAUSTED / OVERLOADED, with RetryInfo, counted) instead of queued without bound or
+shed by gRPC as CANCELLED; and, once shutdown has begun, new calls are refused with UNAVAILABLE / SHUTTING_DOWN
+while calls in flight finish. Also each method's request size limit, checked before a message is parsed.
 
 Routing, completions and admin calls have separate limits: long Complete streams cannot starve ResolveModel, and
-admin RPCs stay reachable while routing is saturated. A refused call is not deserialized.
+admin RPCs stay reachable while routing is saturated. A refused call is not parsed.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import grpc
 
 from sidecar.errors import DuoError, ErrorCode
-from sidecar.grpc_errors import status_for
 
 ROUTING_SERVICE = "/gitlab.duo.routing.v1.RoutingService/"
 COMPLETE_METHOD = "/gitlab.duo.routing.v1.RoutingService/Complete"
@@ -56,15 +53,9 @@ def max_request_bytes(method: str, largest: int) -> int:
     return min(ADMIN_REQUEST_BYTES, largest)
 
 
-class _Refused:
-    """Stands in for the request of a call refused before its message was parsed."""
-
-
-REFUSED = _Refused()
-
-
 class Admission:
-    """Wraps each method handler once, at registration (no per-call interceptor hop on the hot path)."""
+    """The limits of one process. The edge chain takes a place (`enter`) before a call is parsed or counted, and
+    gives it back (`leave`) when the call ends."""
 
     def __init__(self, capacities: Mapping[str, int], on_refused: Callable[[str], None]) -> None:
         self.limits = {name: Limit(name, capacity) for name, capacity in capacities.items()}
@@ -75,12 +66,16 @@ class Admission:
         """From now on every new call (but health) is refused with UNAVAILABLE: the sidecar is shutting down."""
         self.shutting_down = True
 
-    def wrap(self, method: str, handler: Any) -> Any:
-        """The method's handler, admitted under its limit (unlimited methods unchanged)."""
+    def limit_for(self, method: str) -> Limit | None:
+        """The limit a method path counts against (None: unlimited)."""
         name = limit_name(method)
-        return handler if name is None else self._wrap(handler, self.limits[name])
+        return None if name is None else self.limits[name]
 
-    def _refusal(self, limit: Limit) -> DuoError:
+    def enter(self, limit: Limit) -> DuoError | None:
+        """Takes a place under `limit`; when there is none, the refusal (counted) and no place is taken."""
+        if limit.in_flight < limit.capacity and not self.shutting_down:
+            limit.in_flight += 1
+            return None
         if self.shutting_down:
             return DuoError(
                 ErrorCode.UNAVAILABLE,
@@ -98,74 +93,6 @@ class Admission:
             retry_after_seconds=RETRY_AFTER_SECONDS,
         )
 
-    def _wrap(self, handler: Any, limit: Limit) -> Any:
-        deserialize = handler.request_deserializer
-
-        def admitted_deserialize(data: bytes) -> Any:
-            # Over the limit: not worth parsing; the behavior below refuses it.
-            if limit.in_flight >= limit.capacity or self.shutting_down:
-                return REFUSED
-            return deserialize(data) if deserialize is not None else data
-
-        codec = {"request_deserializer": admitted_deserialize, "response_serializer": handler.response_serializer}
-
-        def over(request: Any) -> bool:
-            return request is REFUSED or limit.in_flight >= limit.capacity or self.shutting_down
-
-        if handler.unary_unary is not None:
-            unary_unary = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if over(request):
-                    await context.abort_with_status(status_for(self._refusal(limit)))
-                limit.in_flight += 1
-                try:
-                    return await unary_unary(request, context)
-                finally:
-                    limit.in_flight -= 1
-
-            return grpc.unary_unary_rpc_method_handler(unary, **codec)
-
-        if handler.unary_stream is not None:
-            unary_stream = handler.unary_stream
-
-            async def server_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                if over(request):
-                    await context.abort_with_status(status_for(self._refusal(limit)))
-                limit.in_flight += 1
-                try:
-                    async for response in unary_stream(request, context):
-                        yield response
-                finally:
-                    limit.in_flight -= 1
-
-            return grpc.unary_stream_rpc_method_handler(server_stream, **codec)
-
-        # Streamed requests are parsed as they are read, after admission: the deserializer check is moot.
-        if handler.stream_unary is not None:
-            stream_unary = handler.stream_unary
-
-            async def client_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                if limit.in_flight >= limit.capacity or self.shutting_down:
-                    await context.abort_with_status(status_for(self._refusal(limit)))
-                limit.in_flight += 1
-                try:
-                    return await stream_unary(requests, context)
-                finally:
-                    limit.in_flight -= 1
-
-            return grpc.stream_unary_rpc_method_handler(client_stream, **{**codec, "request_deserializer": deserialize})
-
-        stream_stream = handler.stream_stream
-
-        async def bidi(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            if limit.in_flight >= limit.capacity or self.shutting_down:
-                await context.abort_with_status(status_for(self._refusal(limit)))
-            limit.in_flight += 1
-            try:
-                async for response in stream_stream(requests, context):
-                    yield response
-            finally:
-                limit.in_flight -= 1
-
-        return grpc.stream_stream_rpc_method_handler(bidi, **{**codec, "request_deserializer": deserialize})
+    @staticmethod
+    def leave(limit: Limit) -> None:
+        limit.in_flight -= 1

@@ -3,7 +3,7 @@
 The format and its signing (what clients need) are in duo_common.tokens; this module is the server's side.
 
 The client secret may call RoutingService; the admin secret may call everything. Health is open.
-A grpc.aio interceptor checks every call before any handler, queue or concurrency limit sees it.
+The first step of the edge chain (sidecar.edge) checks every call before any limit, metric or handler sees it.
 
 A method this server does not have needs the admin secret like any other: without a valid token the caller
 gets the same UNAUTHENTICATED/PERMISSION_DENIED as on a real method, so probing paths reveals nothing about
@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,8 +113,9 @@ def required_role(method: str, open_reflection: bool) -> Role | None:
 AuthFailureHook = Callable[[str, bool], None]
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses calls without a valid token; in transitioning mode lets them through and only counts them."""
+class Authenticator:
+    """The auth step of the edge chain (sidecar.edge): refuses calls without a valid token; in transitioning mode
+    lets them through and only counts them."""
 
     def __init__(
         self,
@@ -129,14 +130,19 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self.open_reflection = open_reflection
         self.on_failure = on_failure
 
-    async def intercept_service(
-        self, continuation: Callable[[Any], Awaitable[Any]], details: grpc.HandlerCallDetails
-    ) -> Any:
-        required = required_role(details.method, self.open_reflection)
-        if required is None:
-            return await continuation(details)
+    @property
+    def enabled(self) -> bool:
+        return self.secrets.enabled
+
+    def required_role(self, method: str) -> Role | None:
+        """Who may call `method` on this server; None: anyone, or authentication is off."""
+        return required_role(method, self.open_reflection) if self.enabled else None
+
+    def refusal(self, required: Role, method: str, metadata: Iterable[tuple[str, Any]] | None) -> DuoError | None:
+        """Why a call to `method` with this invocation metadata is refused; None lets it through (in transitioning
+        mode, after counting and logging what would have been refused)."""
         authorization = None
-        for key, value in details.invocation_metadata or ():
+        for key, value in metadata or ():
             if key == "authorization":
                 authorization = value
                 break
@@ -147,39 +153,33 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             if self.on_failure is not None:
                 self.on_failure(refusal.reason, enforced)
             if enforced:
-                # An unknown method (no handler) is refused the same way: UNIMPLEMENTED would tell an
-                # unauthenticated caller which methods exist.
-                return _refusing(await continuation(details), refusal)
+                return refusal
             # The path is the caller's text: bounded and quoted in the log line.
-            log.warning("transitioning: would refuse %.200r (%s)", details.method, refusal.reason)
-        return await continuation(details)
+            log.warning("transitioning: would refuse %.200r (%s)", method, refusal.reason)
+        return None
 
 
-def _refusing(handler: Any | None, refusal: DuoError) -> Any:
-    """A handler of the same shape as `handler` that ends the call with the refusal's status.
+class UnknownMethods(grpc.GenericRpcHandler):
+    """Answers calls to paths this server has no method for (registered last, after every service): without a
+    valid token the caller gets the refusal a real method gives, since UNIMPLEMENTED would tell an unauthenticated
+    caller which methods exist; with one, gRPC's own UNIMPLEMENTED."""
 
-    With no handler (a method this server does not have) a bidirectional-streaming one: it ends the call
-    without reading a request, whatever the caller's shape.
-    """
-    status = status_for(refusal)
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
 
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort_with_status(status)
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method = handler_call_details.method
+        required = self._authenticator.required_role(method)
+        if required is None:
+            return None
+        refusal = self._authenticator.refusal(required, method, handler_call_details.invocation_metadata)
+        if refusal is None:
+            return None
+        status = status_for(refusal)
 
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort_with_status(status)
-        yield  # pragma: no cover - makes this an async generator for streaming handlers
+        # Bidirectional streaming: ends the call without reading a request, whatever the caller's shape.
+        async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await context.abort_with_status(status)
+            yield  # pragma: no cover - makes this an async generator
 
-    if handler is None:
-        return grpc.stream_stream_rpc_method_handler(refuse_stream)
-    codec = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(refuse, **codec)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, **codec)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(refuse, **codec)
-    return grpc.stream_stream_rpc_method_handler(refuse_stream, **codec)
+        return grpc.stream_stream_rpc_method_handler(refuse)

@@ -4,9 +4,10 @@ then commits through the change pipeline (sidecar.pipeline), which applies it he
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import urlparse
@@ -25,6 +26,16 @@ from sidecar.domain import (
 )
 from sidecar.endpoints import EndpointPolicy
 from sidecar.errors import DuoError, ErrorCode, failed_precondition, invalid_argument, not_found
+from sidecar.impact import (
+    SelectionImpact,
+    SkippedSubFeature,
+    SubFeaturePlan,
+    namespace_impact,
+    pins_after,
+    plan_sub_features,
+    scope_impact,
+    sub_features,
+)
 from sidecar.pipeline import Audit, ChangePipeline, Staged
 from sidecar.policy import feature_info
 from sidecar.snapshot import Snapshot
@@ -145,6 +156,20 @@ class SeatSyncResult:
     removed: int
     unchanged: int
     config_version: int
+
+
+@dataclass(frozen=True)
+class SelectionUpdate:
+    """What a pin update wrote or, with validate_only, would write (nothing was then)."""
+
+    info: FeatureInfo
+    namespace_id: int  # 0: the instance
+    pins: Mapping[str, str]  # the scope's pins after the change (validate_only: as they would be)
+    sub_features: tuple[str, ...]  # set the same way in the same change ("apply to all")
+    skipped: tuple[SkippedSubFeature, ...]
+    impact: SelectionImpact
+    config_version: int  # after the change (validate_only: the one held)
+    validate_only: bool
 
 
 class AdminCommands:
@@ -614,6 +639,118 @@ class AdminCommands:
                 audit,
                 effects=lambda: users.set_default_namespace(user_id, namespace_id),
             )
+
+        _, version = await self.pipeline.commit(actor, write)
+        return version
+
+    # -- pin updates with their options: "apply to all" and validate_only (DESIGN 3, "Admin conveniences") ---------
+
+    def _sub_feature_plan(self, info: FeatureInfo, ref: str, apply: bool, pins: Mapping[str, str]) -> SubFeaturePlan:
+        if not apply:
+            return SubFeaturePlan()
+        catalog = self.snapshot.catalog
+        if not sub_features(catalog, info.name):
+            parents = sorted({f.parent for f in catalog.features.values() if f.parent}) or ["none in this catalog"]
+            raise invalid_argument(
+                "apply_to_sub_features",
+                f"apply_to_sub_features sets a feature's sub-features along with it; {info.name} has none. It "
+                f"applies to: {', '.join(parents)}",
+                reason="NO_SUB_FEATURES",
+            )
+        return plan_sub_features(catalog, info, ref, pins)
+
+    async def update_instance_selection_with(
+        self, actor: str, feature: str, ref: str, *, validate_only: bool = False, apply_to_sub_features: bool = False
+    ) -> SelectionUpdate:
+        """UpdateInstanceModelSelection with its options; the impact is computed before anything is written."""
+        self.require_deployment(INSTANCE_SELECTIONS)
+        info = self._feature(feature)
+        self._selectable(info, ref)
+        snapshot = self.snapshot
+        plan = self._sub_feature_plan(info, ref, apply_to_sub_features, snapshot.instance_pins)
+        features = (info.name, *plan.applied)
+        after = pins_after(snapshot.instance_pins, features, ref)
+        impact = scope_impact(info, snapshot.instance_pins, after, features)
+        if validate_only:
+            return SelectionUpdate(info, 0, after, plan.applied, plan.skipped, impact, snapshot.config_version, True)
+        if plan.applied:
+            version = await self._commit_pins(actor, 0, features, ref)
+        else:
+            version = await self.update_instance_selection(actor, feature, ref)
+        pins = self.snapshot.instance_pins
+        return SelectionUpdate(info, 0, pins, plan.applied, plan.skipped, impact, version, False)
+
+    async def update_namespace_selection_with(
+        self,
+        actor: str,
+        namespace_id: int,
+        feature: str,
+        ref: str,
+        *,
+        validate_only: bool = False,
+        apply_to_sub_features: bool = False,
+    ) -> SelectionUpdate:
+        """UpdateNamespaceModelSelection with its options; the impact is computed before anything is written."""
+        self.require_deployment(NAMESPACE_SELECTIONS)
+        _positive(namespace_id, "namespace_id")
+        info = self._feature(feature)
+        self._selectable(info, ref)
+        snapshot = self.snapshot
+        before: Mapping[str, str] = snapshot.namespace_pins.get(namespace_id, {})
+        plan = self._sub_feature_plan(info, ref, apply_to_sub_features, before)
+        features = (info.name, *plan.applied)
+        after = pins_after(before, features, ref)
+        holders = await self.state.store.namespace_seat_holders(namespace_id)
+        # Up to ~100 ms of Python for the largest namespaces: in a thread, so ResolveModel keeps being served.
+        impact = await asyncio.to_thread(namespace_impact, snapshot, info, namespace_id, after, features, holders)
+        if validate_only:
+            return SelectionUpdate(
+                info, namespace_id, after, plan.applied, plan.skipped, impact, snapshot.config_version, True
+            )
+        if plan.applied:
+            version = await self._commit_pins(actor, namespace_id, features, ref)
+        else:
+            version = await self.update_namespace_selection(actor, namespace_id, feature, ref)
+        pins: Mapping[str, str] = self.snapshot.namespace_pins.get(namespace_id, {})
+        return SelectionUpdate(info, namespace_id, pins, plan.applied, plan.skipped, impact, version, False)
+
+    async def _commit_pins(self, actor: str, namespace_id: int, features: Sequence[str], ref: str) -> int:
+        """Pins several features of one scope (namespace_id 0: the instance) in one change: one config version,
+        one change record naming every feature, one audit event per feature."""
+
+        async def write(tx: StoreTx) -> Staged[None]:
+            audits = []
+            for feature in features:
+                if namespace_id:
+                    before = await tx.get_namespace_pin(namespace_id, feature)
+                    await tx.set_namespace_pin(namespace_id, feature, ref or None)
+                    action, resource = "UpdateNamespaceModelSelection", f"namespaces/{namespace_id}/features/{feature}"
+                else:
+                    before = await tx.get_instance_pin(feature)
+                    await tx.set_instance_pin(feature, ref or None)
+                    action, resource = "UpdateInstanceModelSelection", f"instance/features/{feature}"
+                audits.append(
+                    Audit(
+                        action,
+                        resource,
+                        _audit_json({"offered_model_ref": before} if before else None),
+                        _audit_json({"offered_model_ref": ref} if ref else None),
+                    )
+                )
+            if namespace_id:
+                change = Change(ChangeKind.NAMESPACE_SELECTION, tuple(f"{namespace_id}/{f}" for f in features))
+            else:
+                change = Change(ChangeKind.INSTANCE_SELECTION, tuple(features))
+
+            def patch(snapshot: Snapshot) -> Snapshot:
+                for feature in features:
+                    if namespace_id:
+                        snapshot = snapshot.with_namespace_pin(namespace_id, feature, ref or None)
+                    else:
+                        snapshot = snapshot.with_instance_pin(feature, ref or None)
+                return snapshot
+
+            return Staged(None, change, audits[0], patch=patch, more_audits=tuple(audits[1:]))
 
         _, version = await self.pipeline.commit(actor, write)
         return version

@@ -1,31 +1,27 @@
-"""The gRPC server interceptor that records the standard grpc_server_* metrics and writes one access log line
-per RPC (correlation id, rpc, code, duration).
+"""The metrics and access-log step of the edge chain (sidecar.edge): the standard grpc_server_* metrics and one
+access log line per RPC (correlation id, rpc, code, duration, reason), recorded by a CallRecord per call.
 
-It wraps each registered method's handler once and reuses the wrapper while the server returns the same
-handler, so a call costs a dict lookup, a few counter increments and one histogram observation. Methods of
-services that were not registered with Metrics (unknown paths) pass through uncounted.
+A call costs a few attribute increments and one histogram observation; no label lookup, no lock (MethodMetrics).
+Methods of services that were not registered with Metrics are not served through the chain at all.
 
 Status codes: a handler that returns is OK unless it set another code on its context; context.abort (and
-abort_with_status, which the servicers use for every DuoError) raises AbortError after setting the code;
-asyncio.CancelledError is Canceled, or DeadlineExceeded when the call's deadline has passed; any other
-exception is Unknown, as grpc.aio answers it.
+abort_with_status, with which the chain ends every refused or failed call) raises AbortError after setting the
+code; asyncio.CancelledError is Canceled, or DeadlineExceeded when the call's deadline has passed; any other
+exception is Unknown, as grpc.aio answers it (or the code the handler set before raising).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
 import grpc
 
 from sidecar.logs import RpcLogContext, current_rpc
-from sidecar.metrics import GRPC_CODE_NAMES, GRPC_SECONDS_BOUNDS, MethodMetrics, Metrics
+from sidecar.metrics import GRPC_CODE_NAMES, GRPC_SECONDS_BOUNDS, MethodMetrics
 
 log = logging.getLogger("sidecar.access")
 
@@ -43,195 +39,98 @@ QUIET_METHODS = frozenset(
 )
 
 
-def _code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+def code_of(exc: BaseException, context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The status a call that raised `exc` ends with."""
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
-    if isinstance(exc, grpc.aio.AbortError):
-        code = context.code()
-        return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
-    return grpc.StatusCode.UNKNOWN
+    # AbortError: the code the call was aborted with. Anything else: gRPC answers UNKNOWN, or the code the handler
+    # set before raising (the generated base servicer's UNIMPLEMENTED).
+    code = context.code()
+    return code if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK else grpc.StatusCode.UNKNOWN
 
 
-def _access(method: MethodMetrics, rpc: RpcLogContext, level: int, code: grpc.StatusCode, elapsed: float) -> None:
-    """The access log line of one call (the caller checked that `level` is enabled)."""
-    name = f"{method.service}/{method.name}"
-    code_name = GRPC_CODE_NAMES.get(code, "Unknown")
-    duration_ms = round(elapsed * 1000, 3)
-    extra: dict[str, Any] = {
-        "correlation_id": rpc.correlation_id,
-        "rpc": name,
-        "grpc_type": method.type,
-        "code": code_name,
-        "duration_ms": duration_ms,
-    }
-    if rpc.error_reason:
-        extra["reason"] = rpc.error_reason
-    log.log(level, "%s %s %.3f ms", name, code_name, duration_ms, extra=extra)
+class CallRecord:
+    """One call in grpc_server_* and the access log, from its start to its status. While it runs, the call's log
+    context (correlation id, error reason) is current for every line logged."""
 
+    __slots__ = ("method", "quiet", "rpc", "start", "token")
 
-def _finish(
-    method: MethodMetrics, rpc: RpcLogContext, quiet: bool, code: grpc.StatusCode | None, elapsed: float
-) -> None:
-    """Counts a finished call and writes its access line; `code` None or OK is a success."""
-    method.observe(elapsed)
-    if code is None or code is grpc.StatusCode.OK:
-        method.ok += 1
-        level = logging.DEBUG if quiet else logging.INFO
-        code = grpc.StatusCode.OK
-    else:
-        method.handled(code)
-        level = logging.WARNING if code in _SERVER_ERRORS else logging.INFO
-    if log.isEnabledFor(level):
-        _access(method, rpc, level, code, elapsed)
-
-
-async def _count(requests: AsyncIterator[Any], method: MethodMetrics) -> AsyncIterator[Any]:
-    async for request in requests:
-        method.received += 1
-        yield request
-
-
-def _wrap(handler: Any, method: MethodMetrics, quiet: bool) -> Any:
-    """A handler of the same shape whose behavior records metrics and the access log around the original.
-
-    Each behavior sets the RPC's log context (correlation id) for every line logged while it runs."""
-    codec = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
-
-    if handler.unary_unary is not None:
-        unary_unary: Callable[..., Awaitable[Any]] = handler.unary_unary
-        debug = logging.DEBUG
-
-        # The hot path (ResolveModel): written out, no helper calls on success unless the line is logged.
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            method.started += 1
-            method.received += 1
-            rpc = RpcLogContext(context)
-            token = current_rpc.set(rpc)
-            start = perf_counter()
-            try:
-                response = await unary_unary(request, context)
-            except BaseException as exc:
-                _finish(method, rpc, quiet, _code_of(exc, context), perf_counter() - start)
-                current_rpc.reset(token)
-                raise
-            elapsed = perf_counter() - start
-            code = context.code()
-            method.sent += 1
-            if code is None and quiet:
-                method.buckets[bisect_left(GRPC_SECONDS_BOUNDS, elapsed)] += 1
-                method.seconds_sum += elapsed
-                method.ok += 1
-                if log.isEnabledFor(debug):
-                    _access(method, rpc, debug, grpc.StatusCode.OK, elapsed)
-            else:
-                _finish(method, rpc, quiet, code, elapsed)
-            current_rpc.reset(token)
-            return response
-
-        return grpc.unary_unary_rpc_method_handler(unary, **codec)
-
-    if handler.stream_unary is not None:
-        stream_unary: Callable[..., Awaitable[Any]] = handler.stream_unary
-
-        async def client_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
-            method.started += 1
-            rpc = RpcLogContext(context)
-            token = current_rpc.set(rpc)
-            start = perf_counter()
-            try:
-                response = await stream_unary(_count(requests, method), context)
-            except BaseException as exc:
-                _finish(method, rpc, quiet, _code_of(exc, context), perf_counter() - start)
-                current_rpc.reset(token)
-                raise
-            method.sent += 1
-            _finish(method, rpc, quiet, context.code(), perf_counter() - start)
-            current_rpc.reset(token)
-            return response
-
-        return grpc.stream_unary_rpc_method_handler(client_stream, **codec)
-
-    streaming: Callable[..., Any] = handler.unary_stream or handler.stream_stream
-    bidi = handler.unary_stream is None
-    make = grpc.stream_stream_rpc_method_handler if bidi else grpc.unary_stream_rpc_method_handler
-
-    if inspect.isasyncgenfunction(streaming):
-
-        async def generator(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            method.started += 1
-            if bidi:
-                request = _count(request, method)
-            else:
-                method.received += 1
-            rpc = RpcLogContext(context)
-            token = current_rpc.set(rpc)
-            start = perf_counter()
-            try:
-                async with contextlib.aclosing(streaming(request, context)) as responses:
-                    async for response in responses:
-                        method.sent += 1
-                        yield response
-            except BaseException as exc:
-                _finish(method, rpc, quiet, _code_of(exc, context), perf_counter() - start)
-                _reset(token)
-                raise
-            _finish(method, rpc, quiet, context.code(), perf_counter() - start)
-            _reset(token)
-
-        return make(generator, **codec)
-
-    # Writes through context.write (health's Watch): sent messages are not counted.
-    async def writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def __init__(self, method: MethodMetrics, quiet: bool, context: grpc.aio.ServicerContext, unary: bool) -> None:
         method.started += 1
-        if bidi:
-            request = _count(request, method)
+        if unary:
+            method.received += 1  # streamed requests are counted as they are read (`received`)
+        self.method = method
+        self.quiet = quiet
+        self.rpc = RpcLogContext(context)
+        self.token = current_rpc.set(self.rpc)
+        self.start = perf_counter()
+
+    def received(self) -> None:
+        """One more message of a request stream read."""
+        self.method.received += 1
+
+    def sent(self) -> None:
+        """One more message of a response stream sent."""
+        self.method.sent += 1
+
+    def succeeded(self, context: grpc.aio.ServicerContext, unary: bool) -> None:
+        """The handler returned (a unary response: one message sent): OK, unless it set another code on its
+        context."""
+        elapsed = perf_counter() - self.start
+        code = context.code()
+        method = self.method
+        if unary:
+            method.sent += 1
+        if code is None and self.quiet:
+            # The hot path (ResolveModel): no helper calls unless the line is logged.
+            method.buckets[bisect_left(GRPC_SECONDS_BOUNDS, elapsed)] += 1
+            method.seconds_sum += elapsed
+            method.ok += 1
+            if log.isEnabledFor(logging.DEBUG):
+                self._access(logging.DEBUG, grpc.StatusCode.OK, elapsed)
         else:
-            method.received += 1
-        rpc = RpcLogContext(context)
-        token = current_rpc.set(rpc)
-        start = perf_counter()
-        try:
-            result = await streaming(request, context)
-        except BaseException as exc:
-            _finish(method, rpc, quiet, _code_of(exc, context), perf_counter() - start)
-            current_rpc.reset(token)
-            raise
-        _finish(method, rpc, quiet, context.code(), perf_counter() - start)
-        current_rpc.reset(token)
-        return result
+            self._finish(code, elapsed)
+        self._leave()
 
-    return make(writer, **codec)
+    def ended(self, code: grpc.StatusCode) -> None:
+        """The call ended with an exception that gives it `code` (code_of)."""
+        self._finish(code, perf_counter() - self.start)
+        self._leave()
 
+    def _finish(self, code: grpc.StatusCode | None, elapsed: float) -> None:
+        method = self.method
+        method.observe(elapsed)
+        if code is None or code is grpc.StatusCode.OK:
+            method.ok += 1
+            level = logging.DEBUG if self.quiet else logging.INFO
+            code = grpc.StatusCode.OK
+        else:
+            method.handled(code)
+            level = logging.WARNING if code in _SERVER_ERRORS else logging.INFO
+        if log.isEnabledFor(level):
+            self._access(level, code, elapsed)
 
-def _reset(token: Any) -> None:
-    with contextlib.suppress(ValueError):  # a generator finalized from another context
-        current_rpc.reset(token)
+    def _access(self, level: int, code: grpc.StatusCode, elapsed: float) -> None:
+        method, rpc = self.method, self.rpc
+        name = f"{method.service}/{method.name}"
+        code_name = GRPC_CODE_NAMES.get(code, "Unknown")
+        duration_ms = round(elapsed * 1000, 3)
+        extra: dict[str, Any] = {
+            "correlation_id": rpc.correlation_id,
+            "rpc": name,
+            "grpc_type": method.type,
+            "code": code_name,
+            "duration_ms": duration_ms,
+        }
+        if rpc.error_reason:
+            extra["reason"] = rpc.error_reason
+        log.log(level, "%s %s %.3f ms", name, code_name, duration_ms, extra=extra)
 
-
-class GrpcMetricsInterceptor(grpc.aio.ServerInterceptor):
-    """grpc_server_* metrics and the access log. Register it after the auth interceptor (see server.py)."""
-
-    def __init__(self, metrics: Metrics, quiet_methods: frozenset[str] = QUIET_METHODS) -> None:
-        self._methods = metrics.grpc.methods
-        self._quiet = quiet_methods
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]], details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        path = details.method
-        cached = self._wrapped.get(path)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        method = self._methods.get(path)
-        if method is None:
-            return handler  # not a method of a registered service: not counted, keeps labels bounded
-        wrapped = _wrap(handler, method, path in self._quiet)
-        self._wrapped[path] = (handler, wrapped)
-        return wrapped
+    def _leave(self) -> None:
+        try:  # noqa: SIM105 - a plain try costs nothing on the hot path
+            current_rpc.reset(self.token)
+        except ValueError:  # a streaming handler finalized from another context
+            pass

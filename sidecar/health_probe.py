@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from grpc_health.v1 import health, health_pb2
 
-from sidecar.grpc_errors import describe_storage_error, storage_failure_listeners
+from sidecar.grpc_errors import StorageFailures, describe_storage_error
 from sidecar.metrics import Metrics
 from sidecar.store import STORAGE_UNREACHABLE_ERRORS
 from sidecar.store.base import Store
@@ -44,9 +44,11 @@ class StoreProbe:
         names: Sequence[str],
         interval_seconds: float,
         metrics: Metrics,
+        storage_failures: StorageFailures,
         timeout_seconds: float = 5.0,
     ) -> None:
         self.store = store
+        self.storage_failures = storage_failures  # calls that failed on the store, told by the edge chain
         self.health = health_servicer
         self.names = tuple(names)
         self.interval = interval_seconds
@@ -71,8 +73,8 @@ class StoreProbe:
         return ""
 
     def call_failed(self, rpc: str, error: Exception) -> None:
-        """A call ended with STORAGE_UNAVAILABLE (sidecar.grpc_errors): always counted; logged once per outage, or
-        at most once a minute while a database that answers refuses."""
+        """A call ended with STORAGE_UNAVAILABLE (told through StorageFailures): always counted; logged once per
+        outage, or at most once a minute while a database that answers refuses."""
         self.metrics.storage_errors.labels(rpc).inc()
         why = f"{describe_storage_error(error)} (in {rpc})"
         if not self.healthy:
@@ -123,7 +125,7 @@ class StoreProbe:
 
     async def run(self) -> None:
         self.metrics.store_up.set(1)
-        storage_failure_listeners.append(self.call_failed)
+        self.storage_failures.subscribe(self.call_failed)
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -136,4 +138,4 @@ class StoreProbe:
                     self._observe(await self.check())
                 await self._apply()
         finally:
-            storage_failure_listeners.remove(self.call_failed)
+            self.storage_failures.unsubscribe(self.call_failed)

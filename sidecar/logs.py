@@ -31,7 +31,7 @@ def _acceptable(value: str) -> bool:
 
 
 class RpcLogContext:
-    """What the log lines written during one RPC share. Set by the gRPC interceptor for each call."""
+    """What the log lines written during one RPC share. Set by the edge chain (sidecar.grpc_metrics) for each call."""
 
     __slots__ = ("_correlation_id", "context", "error_reason")
 
@@ -74,13 +74,6 @@ def use_correlation_id(value: str) -> None:
     rpc = current_rpc.get()
     if rpc is not None and value:
         rpc.correlation_id = value
-
-
-def note_error_reason(reason: str) -> None:
-    """Remembers the ErrorInfo reason an RPC fails with, for its access log line."""
-    rpc = current_rpc.get()
-    if rpc is not None:
-        rpc.error_reason = reason
 
 
 class CorrelationFilter(logging.Filter):

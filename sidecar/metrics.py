@@ -96,7 +96,7 @@ GRPC_CODE_NAMES: dict[grpc.StatusCode, str] = {
 # the histogram when first called and other codes on first use.
 FULLY_INITIALIZED_SERVICES = frozenset({"gitlab.duo.routing.v1.RoutingService"})
 
-# The auth interceptor's refusal reasons, created at zero so that rate() works before the first failure.
+# The auth step's refusal reasons, created at zero so that rate() works before the first failure.
 KNOWN_AUTH_REASONS = (
     "AUTH_TOKEN_MISSING",
     "AUTH_TOKEN_MALFORMED",
@@ -140,7 +140,7 @@ def grpc_type(client_streaming: bool, server_streaming: bool) -> str:
 
 class MethodMetrics:
     """One gRPC method's counts, as plain numbers bumped on the event loop and turned into samples at scrape
-    time (GrpcServerMetrics.collect): the interceptor does attribute increments, no label lookup and no lock."""
+    time (GrpcServerMetrics.collect): the edge chain does attribute increments, no label lookup and no lock."""
 
     __slots__ = (
         "buckets",
@@ -487,7 +487,7 @@ class Metrics:
         self.default_namespace_required.labels(self.feature_label(feature)).inc()
 
     def auth_failure(self, reason: str, enforced: bool) -> None:
-        """For the auth interceptor: a call whose credentials failed. `reason` is the ErrorInfo reason
+        """For the auth step of the edge chain: a call whose credentials failed. `reason` is the ErrorInfo reason
         (UPPER_SNAKE_CASE, e.g. AUTH_TOKEN_EXPIRED); enforced=False means transitioning mode let it through."""
         label = reason if _REASON.fullmatch(reason) else OTHER
         self.auth_failures.labels(label, "true" if enforced else "false").inc()

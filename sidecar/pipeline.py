@@ -45,6 +45,8 @@ class Staged(Generic[T]):
     audit: Audit | None = None
     patch: SnapshotPatch | None = None  # the change applied to the snapshot
     effects: Callable[[], None] | None = None  # the change applied to the user cache or the token vault
+    # A change that touches several settings in one version ("apply to all"): one more audit event for each other.
+    more_audits: tuple[Audit, ...] = ()
 
 
 Write = Callable[[StoreTx], Awaitable[Staged[T]]]
@@ -103,6 +105,10 @@ class ChangePipeline:
                     version = await tx.record_change(
                         actor, audit.action, audit.resource, audit.before_json, audit.after_json, staged.change
                     )
+                    for more in staged.more_audits:
+                        await tx.record_audit_event(
+                            actor, more.action, more.resource, more.before_json, more.after_json, version
+                        )
             except SchemaTooNewError as exc:
                 self.state.schema_too_new(str(exc))
                 raise _schema_too_new(str(exc)) from None

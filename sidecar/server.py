@@ -10,11 +10,11 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from sidecar.admission import Admission, max_request_bytes
-from sidecar.auth import AuthInterceptor, Secrets
+from sidecar.auth import Authenticator, Secrets
 from sidecar.catalog import Catalog
 from sidecar.catalog_refresh import CatalogRefresher, startup_catalog
 from sidecar.changes import ChangeFollower
@@ -22,9 +22,9 @@ from sidecar.completion import Completer
 from sidecar.config import Config
 from sidecar.control import AdminCommands
 from sidecar.domain import DeploymentType
+from sidecar.edge import Edge
 from sidecar.endpoints import EndpointPolicy, parse_cidrs
-from sidecar.grpc_errors import add_guarded_servicer
-from sidecar.grpc_metrics import GrpcMetricsInterceptor
+from sidecar.grpc_errors import StorageFailures
 from sidecar.health_probe import StoreProbe
 from sidecar.metrics import Metrics, MetricsServer
 from sidecar.pipeline import ChangePipeline
@@ -130,6 +130,8 @@ class Sidecar:
         self.board: WorkerBoard | None = None
         self.completer: Completer | None = None
         self.admission: Admission | None = None
+        # Storage failures that end calls, told by the edge chain to the store probe.
+        self.storage_failures = StorageFailures()
         self._refresh_task: asyncio.Task[None] | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._follow_tasks: list[asyncio.Task[None]] = []
@@ -202,7 +204,7 @@ class Sidecar:
             listen = self.config.metrics.listen
             raise StartupError(f"cannot serve metrics on {listen} (metrics.listen): {exc}") from None
 
-        self.auth = AuthInterceptor(
+        self.auth = Authenticator(
             auth_secrets(self.config),
             transitioning=self.config.auth.transitioning,
             open_reflection=self.config.auth.reflection == "open",
@@ -220,15 +222,8 @@ class Sidecar:
         for limit in self.admission.limits:
             self.metrics.overload_refusals.labels(limit)  # every series from the start: stable series count
         server = grpc.aio.server(
-            # grpc.aio runs interceptors in list order, the first outermost. Authentication first: nothing else
-            # sees a call that is refused, so refused calls are not in grpc_server_* but in
-            # duo_routing_auth_failures_total (on_failure above). Then metrics and the access log. Admission wraps
-            # the handlers at registration, inside them: calls refused for overload or shutdown are counted and
-            # logged like any other.
-            interceptors=[
-                *([self.auth] if self.auth.secrets.enabled else []),
-                GrpcMetricsInterceptor(self.metrics),
-            ],
+            # No interceptors: every call goes through the one chain of sidecar.edge (auth, limits, metrics and the
+            # access log, error translation), built around each method's handler at registration.
             options=[
                 # No SO_REUSEPORT unless this is one of several workers (sidecar.workers): a second sidecar on a
                 # busy port must fail, not silently share it.
@@ -240,33 +235,36 @@ class Sidecar:
                 ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_BACKLOG),
             ],
         )
-
-        def request_limit(method: str) -> int:
-            return max_request_bytes(method, server_config.max_receive_message_bytes)
-
-        add_guarded_servicer(
-            server,
-            routing_pb2_grpc.add_RoutingServiceServicer_to_server,
-            RoutingServicer(state, self.completer, self.metrics, self.config.log.log_prompts),
-            request_limit,
-            self.admission.wrap,
+        edge = Edge(
+            authenticator=self.auth,
+            admission=self.admission,
+            methods=self.metrics.grpc.methods,
+            storage_failures=self.storage_failures,
+            max_request_bytes=lambda method: max_request_bytes(method, server_config.max_receive_message_bytes),
         )
-        add_guarded_servicer(
-            server,
-            admin_pb2_grpc.add_AdminServiceServicer_to_server,
-            AdminServicer(AdminCommands(self.pipeline, endpoints), self.refresher, self.store.backend_name),
-            request_limit,
-            self.admission.wrap,
+        reflected = (
+            ROUTING_SERVICE,
+            ADMIN_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                ROUTING_SERVICE,
-                ADMIN_SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
+        edge.register(
             server,
+            [
+                (
+                    routing_pb2_grpc.add_RoutingServiceServicer_to_server,
+                    RoutingServicer(state, self.completer, self.metrics, self.config.log.log_prompts),
+                ),
+                (
+                    admin_pb2_grpc.add_AdminServiceServicer_to_server,
+                    AdminServicer(AdminCommands(self.pipeline, endpoints), self.refresher, self.store.backend_name),
+                ),
+                (health_pb2_grpc.add_HealthServicer_to_server, self.health),
+                (
+                    reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+                    reflection.aio.ReflectionServicer(reflected),
+                ),
+            ],
         )
         try:
             credentials = server_credentials(self.config)
@@ -289,6 +287,7 @@ class Sidecar:
             names_down_with_the_store(self.store.backend_name),
             self.config.storage.probe_interval_seconds,
             self.metrics,
+            self.storage_failures,
             timeout_seconds=self.config.storage.timeout_seconds,
         )
         self._probe_task = asyncio.create_task(probe.run())

@@ -26,6 +26,7 @@ from sidecar.control import (
     SELF_HOSTED_MODELS,
     AdminCommands,
     AllowlistUpdate,
+    SelectionUpdate,
     SelfHostedModelInput,
 )
 from sidecar.domain import (
@@ -39,7 +40,7 @@ from sidecar.domain import (
     UserSelection,
 )
 from sidecar.errors import DuoError, invalid_argument
-from sidecar.grpc_errors import errors_as_status, translate_errors
+from sidecar.impact import SelectionImpact
 from sidecar.metrics import Metrics, error_outcome, interrupted_outcome
 from sidecar.paging import INT_KEY, INT_PAIR_KEY, STR_KEY, STR_PAIR_KEY, decode_token, encode_token, page_size, paginate
 from sidecar.snapshot import Snapshot
@@ -54,6 +55,9 @@ MAX_ACTOR_LENGTH = 255
 MAX_RESOURCE_PREFIX_LENGTH = 255
 
 E = TypeVar("E", bound=IntEnum)
+PinResponse = TypeVar(
+    "PinResponse", admin_pb2.UpdateInstanceModelSelectionResponse, admin_pb2.UpdateNamespaceModelSelectionResponse
+)
 
 
 def resolution_to_proto(res: policy.Resolution) -> routing_pb2.ResolveModelResponse:
@@ -206,14 +210,12 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
         self._metrics.resolved(request.feature, resolution)
         return resolution
 
-    @translate_errors
     async def ResolveModel(
         self, request: routing_pb2.ResolveModelRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.ResolveModelResponse:
         user = await self._state.user_routing(request.user_id)
         return resolution_to_proto(self._resolve(self._state.snapshot, user, request))
 
-    @translate_errors
     async def ListUserSelectableModels(
         self, request: routing_pb2.ListUserSelectableModelsRequest, context: grpc.aio.ServicerContext
     ) -> routing_pb2.ListUserSelectableModelsResponse:
@@ -226,74 +228,73 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
         self, request: routing_pb2.CompleteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[routing_pb2.CompleteResponse]:
         started = time.perf_counter()
-        async with errors_as_status(context, "Complete"):
-            user = await self._state.user_routing(request.user_id)
-            snapshot = self._state.snapshot
-            resolution = self._resolve(snapshot, user, request)
-            params = request.parameters
-            work = completion_input(
-                request.user_id,
-                [(m.role, m.content) for m in request.messages],
-                params.max_tokens,
-                params.temperature if params.HasField("temperature") else None,
-                list(params.stop_sequences),
-                request.correlation_id or logs.correlation_id(),
-            )
-            logs.use_correlation_id(work.correlation_id)  # the upstream's X-Request-ID and our log lines agree
-            target = self._completer.target(resolution, snapshot.catalog.features[request.feature], work)
-            produced: list[str] | None = None
-            if self._log_prompts:  # log.log_prompts: a debugging aid that logs user content
-                produced = []
-                log.debug("Complete prompt", extra={"prompt": [[m.role, m.content] for m in work.messages]})
-            yield routing_pb2.CompleteResponse(route=resolution_to_proto(resolution))
+        user = await self._state.user_routing(request.user_id)
+        snapshot = self._state.snapshot
+        resolution = self._resolve(snapshot, user, request)
+        params = request.parameters
+        work = completion_input(
+            request.user_id,
+            [(m.role, m.content) for m in request.messages],
+            params.max_tokens,
+            params.temperature if params.HasField("temperature") else None,
+            list(params.stop_sequences),
+            request.correlation_id or logs.correlation_id(),
+        )
+        logs.use_correlation_id(work.correlation_id)  # the upstream's X-Request-ID and our log lines agree
+        target = self._completer.target(resolution, snapshot.catalog.features[request.feature], work)
+        produced: list[str] | None = None
+        if self._log_prompts:  # log.log_prompts: a debugging aid that logs user content
+            produced = []
+            log.debug("Complete prompt", extra={"prompt": [[m.role, m.content] for m in work.messages]})
+        yield routing_pb2.CompleteResponse(route=resolution_to_proto(resolution))
 
-            call = self._metrics.upstream_call(
-                resolution.provider.name.lower(), resolution.model_identifier, _gen_ai_provider(resolution)
-            )
-            upstream_started = time.perf_counter()
-            waited = 0.0  # time spent waiting on the upstream; the rest of the handler's time is the sidecar's
-            first_token = True
-            outcome, error_type = "ok", ""
-            try:
-                async with contextlib.aclosing(self._completer.stream(target)) as events:
-                    while True:
-                        before = time.perf_counter()
-                        try:
-                            event = await anext(events)
-                        except StopAsyncIteration:
-                            break
-                        finally:
-                            waited += time.perf_counter() - before
-                        if isinstance(event, TextDelta):
-                            if first_token:
-                                first_token = False
-                                call.first_token(time.perf_counter() - upstream_started)
-                            if produced is not None:
-                                produced.append(event.text)
-                            yield routing_pb2.CompleteResponse(delta=routing_pb2.TextDelta(text=event.text))
-                        else:
-                            call.usage(event.input_tokens, event.output_tokens)
-                            yield routing_pb2.CompleteResponse(
-                                finished=routing_pb2.CompletionFinished(
-                                    finish_reason=event.finish_reason,
-                                    usage=routing_pb2.TokenUsage(
-                                        input_tokens=event.input_tokens,
-                                        output_tokens=event.output_tokens,
-                                        estimated=event.usage_estimated,
-                                    ),
-                                )
+        call = self._metrics.upstream_call(
+            resolution.provider.name.lower(), resolution.model_identifier, _gen_ai_provider(resolution)
+        )
+        upstream_started = time.perf_counter()
+        waited = 0.0  # time spent waiting on the upstream; the rest of the handler's time is the sidecar's
+        first_token = True
+        outcome, error_type = "ok", ""
+        try:
+            async with contextlib.aclosing(self._completer.stream(target)) as events:
+                while True:
+                    before = time.perf_counter()
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        waited += time.perf_counter() - before
+                    if isinstance(event, TextDelta):
+                        if first_token:
+                            first_token = False
+                            call.first_token(time.perf_counter() - upstream_started)
+                        if produced is not None:
+                            produced.append(event.text)
+                        yield routing_pb2.CompleteResponse(delta=routing_pb2.TextDelta(text=event.text))
+                    else:
+                        call.usage(event.input_tokens, event.output_tokens)
+                        yield routing_pb2.CompleteResponse(
+                            finished=routing_pb2.CompletionFinished(
+                                finish_reason=event.finish_reason,
+                                usage=routing_pb2.TokenUsage(
+                                    input_tokens=event.input_tokens,
+                                    output_tokens=event.output_tokens,
+                                    estimated=event.usage_estimated,
+                                ),
                             )
-            except DuoError as error:
-                outcome, error_type = error_outcome(error.reason, error.code.value)
-                raise
-            except BaseException as exc:
-                outcome, error_type = interrupted_outcome(exc, context.time_remaining())
-                raise
-            finally:
-                now = time.perf_counter()
-                call.done(outcome, error_type, now - upstream_started, now - started, waited)
-                if produced is not None:
-                    log.debug("Complete output", extra={"completion": "".join(produced), "outcome": outcome})
+                        )
+        except DuoError as error:
+            outcome, error_type = error_outcome(error.reason, error.code.value)
+            raise
+        except BaseException as exc:
+            outcome, error_type = interrupted_outcome(exc, context.time_remaining())
+            raise
+        finally:
+            now = time.perf_counter()
+            call.done(outcome, error_type, now - upstream_started, now - started, waited)
+            if produced is not None:
+                log.debug("Complete output", extra={"completion": "".join(produced), "outcome": outcome})
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
@@ -322,7 +323,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             api_token=model.api_token,
         )
 
-    @translate_errors
     async def CreateSelfHostedModel(
         self, request: admin_pb2.CreateSelfHostedModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.CreateSelfHostedModelResponse:
@@ -333,14 +333,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             self_hosted_model=_model_to_proto(model), config_version=str(version)
         )
 
-    @translate_errors
     async def GetSelfHostedModel(
         self, request: admin_pb2.GetSelfHostedModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetSelfHostedModelResponse:
         model = self._control.get_self_hosted_model(request.id)
         return admin_pb2.GetSelfHostedModelResponse(self_hosted_model=_model_to_proto(model))
 
-    @translate_errors
     async def ListSelfHostedModels(
         self, request: admin_pb2.ListSelfHostedModelsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListSelfHostedModelsResponse:
@@ -357,7 +355,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             self_hosted_models=[_model_to_proto(m) for m in page], next_page_token=token
         )
 
-    @translate_errors
     async def UpdateSelfHostedModel(
         self, request: admin_pb2.UpdateSelfHostedModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.UpdateSelfHostedModelResponse:
@@ -372,7 +369,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             self_hosted_model=_model_to_proto(model), config_version=str(version)
         )
 
-    @translate_errors
     async def DeleteSelfHostedModel(
         self, request: admin_pb2.DeleteSelfHostedModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.DeleteSelfHostedModelResponse:
@@ -392,7 +388,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             explicitly_set=explicit,
         )
 
-    @translate_errors
     async def UpdateFeatureSetting(
         self, request: admin_pb2.UpdateFeatureSettingRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.UpdateFeatureSettingResponse:
@@ -405,7 +400,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             feature_setting=self._feature_setting(info), config_version=str(version)
         )
 
-    @translate_errors
     async def ListFeatureSettings(
         self, request: admin_pb2.ListFeatureSettingsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListFeatureSettingsResponse:
@@ -460,20 +454,33 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             )
         )
 
-    @translate_errors
+    def _selection_update(self, update: SelectionUpdate, response: PinResponse) -> PinResponse:
+        """Fills the fields both Update*ModelSelection responses share."""
+        features = self._control.snapshot.catalog.features
+        response.model_selection.CopyFrom(self._selection(update.info, update.pins, update.namespace_id))
+        response.config_version = str(update.config_version)
+        response.sub_feature_selections.extend(
+            self._selection(features[name], update.pins, update.namespace_id) for name in update.sub_features
+        )
+        response.skipped_sub_features.extend(
+            admin_pb2.SkippedSubFeature(feature=s.feature, reason=s.reason, message=s.message) for s in update.skipped
+        )
+        response.impact.CopyFrom(_impact_to_proto(update.impact))
+        response.validate_only = update.validate_only
+        return response
+
     async def UpdateInstanceModelSelection(
         self, request: admin_pb2.UpdateInstanceModelSelectionRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.UpdateInstanceModelSelectionResponse:
-        version = await self._control.update_instance_selection(
-            _actor(context), request.feature, request.offered_model_ref
+        update = await self._control.update_instance_selection_with(
+            _actor(context),
+            request.feature,
+            request.offered_model_ref,
+            validate_only=request.validate_only,
+            apply_to_sub_features=request.apply_to_sub_features,
         )
-        info = self._control.snapshot.catalog.features[request.feature]
-        return admin_pb2.UpdateInstanceModelSelectionResponse(
-            model_selection=self._selection(info, self._control.snapshot.instance_pins, 0),
-            config_version=str(version),
-        )
+        return self._selection_update(update, admin_pb2.UpdateInstanceModelSelectionResponse())
 
-    @translate_errors
     async def ListInstanceModelSelections(
         self, request: admin_pb2.ListInstanceModelSelectionsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListInstanceModelSelectionsResponse:
@@ -492,20 +499,19 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             next_page_token=token,
         )
 
-    @translate_errors
     async def UpdateNamespaceModelSelection(
         self, request: admin_pb2.UpdateNamespaceModelSelectionRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.UpdateNamespaceModelSelectionResponse:
-        version = await self._control.update_namespace_selection(
-            _actor(context), request.namespace_id, request.feature, request.offered_model_ref
+        update = await self._control.update_namespace_selection_with(
+            _actor(context),
+            request.namespace_id,
+            request.feature,
+            request.offered_model_ref,
+            validate_only=request.validate_only,
+            apply_to_sub_features=request.apply_to_sub_features,
         )
-        info = self._control.snapshot.catalog.features[request.feature]
-        pins: Mapping[str, str] = self._control.snapshot.namespace_pins.get(request.namespace_id, {})
-        return admin_pb2.UpdateNamespaceModelSelectionResponse(
-            model_selection=self._selection(info, pins, request.namespace_id), config_version=str(version)
-        )
+        return self._selection_update(update, admin_pb2.UpdateNamespaceModelSelectionResponse())
 
-    @translate_errors
     async def ListNamespaceModelSelections(
         self, request: admin_pb2.ListNamespaceModelSelectionsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListNamespaceModelSelectionsResponse:
@@ -539,7 +545,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         ]
         return self._selection(info, pins, namespace_id), dropped, str(update.config_version)
 
-    @translate_errors
     async def UpdateNamespaceModelAllowlist(
         self, request: admin_pb2.UpdateNamespaceModelAllowlistRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.UpdateNamespaceModelAllowlistResponse:
@@ -554,7 +559,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             model_selection=selection, dropped_model_refs=dropped, config_version=version
         )
 
-    @translate_errors
     async def UpdateInstanceModelAllowlist(
         self, request: admin_pb2.UpdateInstanceModelAllowlistRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.UpdateInstanceModelAllowlistResponse:
@@ -569,7 +573,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     # -- catalog --------------------------------------------------------------------------------
 
-    @translate_errors
     async def ListSelectableModels(
         self, request: admin_pb2.ListSelectableModelsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListSelectableModelsResponse:
@@ -604,7 +607,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             catalog_version=catalog.version,
         )
 
-    @translate_errors
     async def RefreshCatalog(
         self, request: admin_pb2.RefreshCatalogRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RefreshCatalogResponse:
@@ -613,7 +615,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             catalog_version=result.catalog_version, changed=result.changed, unavailable_pins=result.unavailable_pins
         )
 
-    @translate_errors
     async def TestSelfHostedModel(
         self, request: admin_pb2.TestSelfHostedModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.TestSelfHostedModelResponse:
@@ -636,16 +637,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.SyncSeatAssignmentsResponse:
         assigned = removed = unchanged = 0
         version = self._control.snapshot.config_version
-        async with errors_as_status(context, "SyncSeatAssignments"):
-            actor = _actor(context)
-            async for batch in request_iterator:
-                result = await self._control.sync_seats(
-                    actor, [SeatChange(a.user_id, a.namespace_id, a.assigned) for a in batch.assignments]
-                )
-                assigned += result.assigned
-                removed += result.removed
-                unchanged += result.unchanged
-                version = result.config_version
+        actor = _actor(context)
+        async for batch in request_iterator:
+            result = await self._control.sync_seats(
+                actor, [SeatChange(a.user_id, a.namespace_id, a.assigned) for a in batch.assignments]
+            )
+            assigned += result.assigned
+            removed += result.removed
+            unchanged += result.unchanged
+            version = result.config_version
         return admin_pb2.SyncSeatAssignmentsResponse(
             assigned_count=assigned,
             removed_count=removed,
@@ -653,7 +653,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             config_version=str(version),
         )
 
-    @translate_errors
     async def ListSeatAssignments(
         self, request: admin_pb2.ListSeatAssignmentsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListSeatAssignmentsResponse:
@@ -675,7 +674,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             next_page_token=token,
         )
 
-    @translate_errors
     async def SetUserDefaultNamespace(
         self, request: admin_pb2.SetUserDefaultNamespaceRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.SetUserDefaultNamespaceResponse:
@@ -684,7 +682,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             default_namespace_id=request.namespace_id, config_version=str(version)
         )
 
-    @translate_errors
     async def GetUserRoutingStatus(
         self, request: admin_pb2.GetUserRoutingStatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetUserRoutingStatusResponse:
@@ -721,7 +718,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
 
     # -- audit and info -------------------------------------------------------------------------
 
-    @translate_errors
     async def ListAuditEvents(
         self, request: admin_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListAuditEventsResponse:
@@ -739,7 +735,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             audit_events=[_audit_to_proto(e) for e in events[:size]], next_page_token=token
         )
 
-    @translate_errors
     async def GetServerInfo(
         self, request: admin_pb2.GetServerInfoRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.GetServerInfoResponse:
@@ -754,6 +749,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             storage_backend=self._storage_backend,
             start_time=start,
         )
+
+
+def _impact_to_proto(impact: SelectionImpact) -> admin_pb2.SelectionImpact:
+    return admin_pb2.SelectionImpact(
+        features=list(impact.features),
+        model_before=impact.model_before,
+        model_after=impact.model_after,
+        no_context_users_changed=impact.no_context_users_changed,
+        users_newly_requiring_default_namespace=impact.users_newly_requiring_default_namespace,
+        seat_holders=impact.seat_holders,
+    )
 
 
 def _audit_to_proto(event: AuditEvent) -> admin_pb2.AuditEvent:

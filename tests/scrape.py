@@ -38,7 +38,7 @@ def unfinished(samples: Samples) -> int:
 
 async def scrape(sidecar: Sidecar, settled: bool = True) -> Samples:
     """The sidecar's samples; `settled`: once every call has been counted. grpc.aio sends an aborted call's
-    status before the handler's exception reaches the interceptor, so a caller can see its error a moment
+    status before the edge chain counts the call, so a caller can see its error a moment
     before the server has counted it."""
     for _ in range(100):
         samples = parse((await scrape_text(sidecar))[1])

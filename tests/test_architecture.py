@@ -17,6 +17,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
         "sidecar.domain",
         "sidecar.endpoints",
         "sidecar.errors",
+        "sidecar.impact",
         "sidecar.paging",
         "sidecar.policy",
         "sidecar.snapshot",
@@ -37,6 +38,7 @@ ROOMS: dict[str, tuple[str, ...]] = {
     "edge": (
         "sidecar.admission",
         "sidecar.auth",
+        "sidecar.edge",
         "sidecar.grpc_errors",
         "sidecar.grpc_metrics",
         "sidecar.health_probe",

@@ -25,6 +25,7 @@ from sidecar.domain import (
     SeatChange,
     SelfHostedModel,
 )
+from sidecar.impact import SeatHolders
 from sidecar.tokens import EncryptedToken
 from sidecar.users import UserRouting
 
@@ -209,6 +210,12 @@ class StoreTx(abc.ABC):
     ) -> int:
         """Bumps the config version, writes the change record and the audit event; returns the new version."""
 
+    @abc.abstractmethod
+    async def record_audit_event(
+        self, actor: str, action: str, resource: str, before_json: str, after_json: str, version: int
+    ) -> None:
+        """One more audit event of the change recorded as `version` (a change that touches several settings)."""
+
 
 class Store(abc.ABC):
     backend_name: str
@@ -245,6 +252,10 @@ class Store(abc.ABC):
         self, user_id: int, namespace_id: int, after: tuple[int, int] | None, limit: int
     ) -> list[tuple[int, int]]:
         """(user_id, namespace_id) pairs ordered by user then namespace, after the given key."""
+
+    @abc.abstractmethod
+    async def namespace_seat_holders(self, namespace_id: int) -> SeatHolders:
+        """A namespace's seat holders as a change of its pins can affect them (sidecar.impact): one query."""
 
     @abc.abstractmethod
     async def list_audit_events(self, resource_prefix: str, before_id: int | None, limit: int) -> list[AuditEvent]:

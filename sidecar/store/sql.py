@@ -28,6 +28,7 @@ from sidecar.domain import (
     Platform,
     SelfHostedModel,
 )
+from sidecar.impact import SeatHolders
 from sidecar.store.base import KeepToken, StoredState, StoreHead, StoreTx, change_columns, change_record
 from sidecar.tokens import EncryptedToken
 from sidecar.users import UserRouting
@@ -116,6 +117,24 @@ class Statements(NamedTuple):
     changes_since: str = (
         "SELECT version, kind, keys_json, user_ids_json FROM config_changes WHERE version > ? ORDER BY version LIMIT ?"
     )
+    # The seat holders of one namespace as far as a change of its pins can affect them (sidecar.impact), in one
+    # query that walks the namespace's seats by index once: first (0, holders, 0), then (user, other seat namespace,
+    # default) for every holder who has seats elsewhere too, default being 1 when the user's explicit default is
+    # this namespace, 2 when it is another one where the user holds a seat, 0 when there is no valid default.
+    namespace_seat_holders: str = """
+        SELECT 0, COUNT(*), 0 FROM seat_assignments WHERE namespace_id = ?
+        UNION ALL
+        SELECT o.user_id, o.namespace_id, CASE
+            WHEN d.namespace_id = mine.namespace_id THEN 1
+            WHEN EXISTS (
+                SELECT 1 FROM seat_assignments AS v WHERE v.user_id = mine.user_id AND v.namespace_id = d.namespace_id
+            ) THEN 2
+            ELSE 0 END
+        FROM seat_assignments AS mine
+        JOIN seat_assignments AS o ON o.user_id = mine.user_id AND o.namespace_id <> mine.namespace_id
+        LEFT JOIN user_default_namespaces AS d ON d.user_id = mine.user_id
+        WHERE mine.namespace_id = ?
+        """
 
 
 @functools.cache
@@ -242,6 +261,23 @@ class Session(abc.ABC):
         rows = await self.rows(self.sql.user_routing, user_id, user_id)
         seats = frozenset(int(r[0]) for r in rows if not r[1])
         return UserRouting(seats, next((int(r[0]) for r in rows if r[1]), 0))
+
+    async def namespace_seat_holders(self, namespace_id: int) -> SeatHolders:
+        rows = await self.rows(self.sql.namespace_seat_holders, namespace_id, namespace_id)
+        count = 0
+        others: dict[int, list[int]] = {}
+        default: dict[int, int] = {}
+        for row in rows:
+            user_id = int(row[0])
+            if user_id == 0:  # user ids are positive: this is the count
+                count = int(row[1])
+            else:
+                others.setdefault(user_id, []).append(int(row[1]))
+                default[user_id] = int(row[2])
+        # Governed by this namespace: its only seat holders, and those whose explicit default it is.
+        governed = count - len(others) + sum(1 for state in default.values() if state == 1)
+        contested = [seats for user_id, seats in others.items() if default[user_id] == 0]
+        return SeatHolders(count, governed, contested)
 
     async def list_seat_assignments(
         self, user_id: int, namespace_id: int, after: tuple[int, int] | None, limit: int
@@ -380,3 +416,10 @@ class SqlTx(Session, StoreTx):
         )
         await self._announce(version)
         return version
+
+    async def record_audit_event(
+        self, actor: str, action: str, resource: str, before_json: str, after_json: str, version: int
+    ) -> None:
+        await self.run(
+            self.sql.insert_audit_event, self.now(), actor, action, resource, before_json, after_json, version
+        )

@@ -18,6 +18,7 @@ from sidecar.domain import (
     ChangeRecord,
     SeatChange,
 )
+from sidecar.impact import SeatHolders
 from sidecar.store.base import SchemaTooNewError as SchemaTooNewError  # re-exported: callers import it from here
 from sidecar.store.base import (
     Store,
@@ -292,6 +293,9 @@ class SQLiteStore(Store):
         self, user_id: int, namespace_id: int, after: tuple[int, int] | None, limit: int
     ) -> list[tuple[int, int]]:
         return await _SQLite(self._read_db()).list_seat_assignments(user_id, namespace_id, after, limit)
+
+    async def namespace_seat_holders(self, namespace_id: int) -> SeatHolders:
+        return await _SQLite(self._read_db()).namespace_seat_holders(namespace_id)
 
     async def changes_since(self, version: int, limit: int) -> list[ChangeRecord]:
         return await _SQLite(self._read_db()).changes_since(version, limit)

@@ -485,7 +485,13 @@ def _instance_models_list(clients: Clients, args: argparse.Namespace) -> Output:
 
 
 def _instance_models_set(clients: Clients, args: argparse.Namespace) -> Output:
-    return Record(clients.admin.update_instance_model_selection(args.feature, _selected_ref(args)))
+    response = clients.admin.update_instance_model_selection(
+        args.feature,
+        _selected_ref(args),
+        validate_only=args.validate_only,
+        apply_to_sub_features=args.apply_to_sub_features,
+    )
+    return _pin_update(response)
 
 
 def _namespace_models_list(clients: Clients, args: argparse.Namespace) -> Output:
@@ -494,8 +500,34 @@ def _namespace_models_list(clients: Clients, args: argparse.Namespace) -> Output
 
 
 def _namespace_models_set(clients: Clients, args: argparse.Namespace) -> Output:
-    response = clients.admin.update_namespace_model_selection(args.namespace, args.feature, _selected_ref(args))
-    return Record(response)
+    response = clients.admin.update_namespace_model_selection(
+        args.namespace,
+        args.feature,
+        _selected_ref(args),
+        validate_only=args.validate_only,
+        apply_to_sub_features=args.apply_to_sub_features,
+    )
+    return _pin_update(response)
+
+
+PinUpdate = admin_pb2.UpdateInstanceModelSelectionResponse | admin_pb2.UpdateNamespaceModelSelectionResponse
+VALIDATE_ONLY_HEADING = "validate only: nothing was written; this is what the change would do"
+
+
+def _pin_update(response: PinUpdate) -> Output:
+    """The selection and the impact as fields; the sub-features set or skipped ("apply to all") as a table."""
+    rows: list[admin_pb2.ModelSelection | admin_pb2.SkippedSubFeature] = [
+        *response.sub_feature_selections,
+        *response.skipped_sub_features,
+    ]
+    table = Table(["SUB-FEATURE", "RESULT", "MODEL OR REASON"], rows, _sub_feature_row) if rows else None
+    return Record(response, heading=VALIDATE_ONLY_HEADING if response.validate_only else "", table=table)
+
+
+def _sub_feature_row(item: admin_pb2.ModelSelection | admin_pb2.SkippedSubFeature) -> list[str]:
+    if isinstance(item, admin_pb2.SkippedSubFeature):
+        return [item.feature, "skipped", f"{item.reason}: {item.message}"]
+    return [item.feature, "set" if item.offered_model_ref else "cleared", item.effective_model_identifier]
 
 
 def _allowlist_row(selection: admin_pb2.ModelSelection) -> list[str]:
@@ -687,6 +719,21 @@ def _add_model_reference(parser: argparse.ArgumentParser) -> None:
     choice.add_argument("--default", action="store_true", help="restore the GitLab default model")
 
 
+def _add_pin_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--validate-only",
+        action="store_true",
+        help="write nothing: check the change and show what it would do (on GitLab.com, how many users' "
+        "no-context answers change and how many would newly need a default namespace)",
+    )
+    parser.add_argument(
+        "--apply-to-sub-features",
+        action="store_true",
+        help="duo_chat only: set every duo_chat_* sub-feature the same way in the same change (sub-features "
+        "that do not offer the model are skipped and listed); with --default, clear their own pins too",
+    )
+
+
 def _one_of(what: str, choices: Iterable[str]) -> str:
     return f"{what}: {', '.join(choices)}"
 
@@ -796,6 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
     instance_set = instance.add("set", "pin a model for a feature on the whole instance", _instance_models_set)
     instance_set.add_argument("--feature", required=True, help="feature_setting name")
     _add_model_reference(instance_set)
+    _add_pin_options(instance_set)
 
     namespace = _Commands(
         commands.add("namespace-models", "model selection of a top-level namespace (GitLab.com)"),
@@ -807,6 +855,7 @@ def build_parser() -> argparse.ArgumentParser:
     namespace_set.add_argument("--namespace", type=_id, required=True, help="top-level namespace id")
     namespace_set.add_argument("--feature", required=True, help="feature_setting name")
     _add_model_reference(namespace_set)
+    _add_pin_options(namespace_set)
 
     allowlist = _Commands(
         commands.add(

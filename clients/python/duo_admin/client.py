@@ -411,10 +411,16 @@ class AdminClient(_SidecarClient):
     # -- model selection ------------------------------------------------------------------------
 
     def update_instance_model_selection(
-        self, feature: str, offered_model_ref: str
+        self, feature: str, offered_model_ref: str, *, validate_only: bool = False, apply_to_sub_features: bool = False
     ) -> admin_pb2.UpdateInstanceModelSelectionResponse:
-        """Pins offered_model_ref for the instance; "" restores the GitLab default."""
-        request = admin_pb2.UpdateInstanceModelSelectionRequest(feature=feature, offered_model_ref=offered_model_ref)
+        """Pins offered_model_ref for the instance; "" restores the GitLab default. validate_only: write nothing,
+        answer what the change would do; apply_to_sub_features (duo_chat): set its sub-features the same way."""
+        request = admin_pb2.UpdateInstanceModelSelectionRequest(
+            feature=feature,
+            offered_model_ref=offered_model_ref,
+            validate_only=validate_only,
+            apply_to_sub_features=apply_to_sub_features,
+        )
         return self._call(
             self._stub.UpdateInstanceModelSelection, request, admin_pb2.UpdateInstanceModelSelectionResponse
         )
@@ -434,11 +440,23 @@ class AdminClient(_SidecarClient):
         )
 
     def update_namespace_model_selection(
-        self, namespace_id: int, feature: str, offered_model_ref: str
+        self,
+        namespace_id: int,
+        feature: str,
+        offered_model_ref: str,
+        *,
+        validate_only: bool = False,
+        apply_to_sub_features: bool = False,
     ) -> admin_pb2.UpdateNamespaceModelSelectionResponse:
-        """Pins offered_model_ref in a top-level namespace; "" restores the GitLab default."""
+        """Pins offered_model_ref in a top-level namespace; "" restores the GitLab default. validate_only: write
+        nothing, answer what the change would do (with how many users' no-context answers change);
+        apply_to_sub_features (duo_chat): set its sub-features the same way."""
         request = admin_pb2.UpdateNamespaceModelSelectionRequest(
-            namespace_id=namespace_id, feature=feature, offered_model_ref=offered_model_ref
+            namespace_id=namespace_id,
+            feature=feature,
+            offered_model_ref=offered_model_ref,
+            validate_only=validate_only,
+            apply_to_sub_features=apply_to_sub_features,
         )
         return self._call(
             self._stub.UpdateNamespaceModelSelection, request, admin_pb2.UpdateNamespaceModelSelectionResponse
