@@ -19,10 +19,14 @@ PINNED_NAMESPACE = 95_000_001
 OTHER_NAMESPACE = 95_000_002
 MULTI_SEAT_USER = 21_000_001  # seats in both namespaces, default namespace PINNED_NAMESPACE
 SOLE_SEAT_USER = 21_000_002  # one seat, in PINNED_NAMESPACE, asks with no context
+# User model selection (issue 15): PINNED_NAMESPACE pins agentic chat and allows users to choose CHOSEN_MODEL.
+AGENTIC = "duo_agent_platform_agentic_chat"
+AGENTIC_PIN, CHOSEN_MODEL = "claude_sonnet_4_5_20250929", "claude_haiku_4_5_20251001"
 PINS = (
-    (PINNED_NAMESPACE, "code_completions", "claude_haiku_4_5_20251001"),
+    (PINNED_NAMESPACE, "code_completions", "codestral_2501_fireworks"),
     (PINNED_NAMESPACE, "duo_chat", "claude_sonnet_4_5_20250929"),
     (OTHER_NAMESPACE, "code_completions", "codestral_2508_vertex"),
+    (PINNED_NAMESPACE, AGENTIC, AGENTIC_PIN),
 )
 SEATS = ((MULTI_SEAT_USER, PINNED_NAMESPACE), (MULTI_SEAT_USER, OTHER_NAMESPACE), (SOLE_SEAT_USER, PINNED_NAMESPACE))
 
@@ -45,7 +49,7 @@ SCENARIOS = (
             user_id=MULTI_SEAT_USER, feature="code_completions", root_namespace_id=PINNED_NAMESPACE
         ),
         types_pb2.SELECTION_SOURCE_CONTEXT_NAMESPACE,
-        "claude_haiku_4_5_20251001",
+        "codestral_2501_fireworks",
     ),
     Scenario(
         "sole seat, no context",
@@ -58,6 +62,17 @@ SCENARIOS = (
         routing_pb2.ResolveModelRequest(user_id=MULTI_SEAT_USER, feature="duo_chat", root_namespace_id=0),
         types_pb2.SELECTION_SOURCE_DEFAULT_NAMESPACE,
         "claude_sonnet_4_5_20250929",
+    ),
+    Scenario(
+        "user choice, context namespace",
+        routing_pb2.ResolveModelRequest(
+            user_id=MULTI_SEAT_USER,
+            feature=AGENTIC,
+            root_namespace_id=PINNED_NAMESPACE,
+            user_selected_model=CHOSEN_MODEL,
+        ),
+        types_pb2.SELECTION_SOURCE_USER,
+        CHOSEN_MODEL,
     ),
 )
 
@@ -78,6 +93,13 @@ def seed_admin(address: str, authorization: str = "") -> None:
                 metadata=metadata,
                 timeout=30,
             )
+        admin.UpdateNamespaceModelAllowlist(
+            admin_pb2.UpdateNamespaceModelAllowlistRequest(
+                namespace_id=PINNED_NAMESPACE, feature=AGENTIC, enabled=True, model_refs=[CHOSEN_MODEL]
+            ),
+            metadata=metadata,
+            timeout=30,
+        )
         batch = admin_pb2.SyncSeatAssignmentsRequest(
             assignments=[admin_pb2.SeatAssignment(user_id=u, namespace_id=n, assigned=True) for u, n in SEATS]
         )

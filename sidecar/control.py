@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from urllib.parse import urlparse
 
-from sidecar.catalog import FeatureInfo
+from sidecar.catalog import Catalog, FeatureInfo
 from sidecar.domain import (
     Change,
     ChangeKind,
@@ -69,6 +69,12 @@ INSTANCE_SELECTIONS = DeploymentRule("Instance model selections", INSTANCE_DEPLO
 NAMESPACE_SELECTIONS = DeploymentRule("Namespace model selections", (DeploymentType.GITLAB_COM,))
 SEAT_ASSIGNMENTS = DeploymentRule("Seat assignments", (DeploymentType.GITLAB_COM,))
 DEFAULT_NAMESPACES = DeploymentRule("Default GitLab Duo namespaces", (DeploymentType.GITLAB_COM,))
+NAMESPACE_ALLOWLISTS = DeploymentRule("Namespace model allowlists", (DeploymentType.GITLAB_COM,))
+INSTANCE_ALLOWLISTS = DeploymentRule(
+    "Instance model allowlists", (DeploymentType.DEDICATED, DeploymentType.SELF_MANAGED)
+)
+MAX_ALLOWLIST_REFS = 100
+MAX_MODEL_REF_LENGTH = 255
 
 
 def _audit_json(view: object) -> str:
@@ -85,6 +91,65 @@ class SelfHostedModelInput:
     endpoint: str
     identifier: str
     api_token: str | None = None
+
+
+@dataclass(frozen=True)
+class DroppedModelRef:
+    """A ref an allowlist update did not keep, and why (UNKNOWN_MODEL, NOT_SELECTABLE_FOR_FEATURE, TEAM_ONLY_MODEL,
+    DUPLICATE)."""
+
+    model_ref: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class AllowlistUpdate:
+    refs: tuple[str, ...] | None  # as stored after the change; None: off
+    dropped: tuple[DroppedModelRef, ...]
+    config_version: int
+
+
+def vet_allowlist(
+    catalog: Catalog, info: FeatureInfo, refs: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[DroppedModelRef, ...]]:
+    """The refs an allowlist keeps (selectable for the feature, first occurrence, in the order given) and the
+    ones it drops, each with its reason."""
+    kept: list[str] = []
+    dropped: list[DroppedModelRef] = []
+    for ref in refs:
+        shown = ref[:MAX_MODEL_REF_LENGTH]
+        if ref in kept:
+            dropped.append(DroppedModelRef(shown, "DUPLICATE", f"{shown!r} is listed more than once; it is kept once"))
+        elif info.is_selectable(ref):
+            kept.append(ref)
+        elif ref in info.team_only_models:
+            dropped.append(
+                DroppedModelRef(
+                    shown,
+                    "TEAM_ONLY_MODEL",
+                    f"{shown!r} is offered for {info.name} to GitLab team members only, not to users",
+                )
+            )
+        elif ref in catalog.models:
+            dropped.append(
+                DroppedModelRef(
+                    shown,
+                    "NOT_SELECTABLE_FOR_FEATURE",
+                    f"{shown!r} is not selectable for {info.name} ({info.title}); ListSelectableModels lists the "
+                    "models it offers",
+                )
+            )
+        else:
+            dropped.append(
+                DroppedModelRef(
+                    shown,
+                    "UNKNOWN_MODEL",
+                    f"{shown!r} is not a model of the catalog (catalog version {catalog.version}); check the "
+                    "identifier with ListSelectableModels",
+                )
+            )
+    return tuple(kept), tuple(dropped)
 
 
 @dataclass(frozen=True)
@@ -458,6 +523,63 @@ class AdminCommands:
         _, version = await self.pipeline.commit(actor, write)
         return version
 
+    # -- model allowlists (user model selection) ----------------------------------------------------
+
+    def _user_selectable(self, feature: str) -> FeatureInfo:
+        info = self._feature(feature)
+        if not info.user_selectable:
+            offered = ", ".join(f.name for f in self.snapshot.catalog.features.values() if f.user_selectable)
+            raise failed_precondition(
+                "FEATURE_NOT_USER_SELECTABLE",
+                f"{info.name} ({info.title}) does not offer user model selection, so it has no allowlist; "
+                f"features that do: {offered or 'none'}. Pin its model with the model selection instead",
+                subject=f"features/{info.name}",
+                metadata={"feature": info.name},
+            )
+        return info
+
+    async def update_allowlist(
+        self, actor: str, namespace_id: int, feature: str, enabled: bool, refs: Sequence[str]
+    ) -> AllowlistUpdate:
+        """namespace_id 0: the instance's allowlist (Dedicated, Self-Managed); positive: a top-level namespace's
+        (GitLab.com)."""
+        if namespace_id:
+            self.require_deployment(NAMESPACE_ALLOWLISTS)
+            _positive(namespace_id, "namespace_id")
+            action, resource = "UpdateNamespaceModelAllowlist", f"namespaces/{namespace_id}/features/"
+        else:
+            self.require_deployment(INSTANCE_ALLOWLISTS)
+            action, resource = "UpdateInstanceModelAllowlist", "instance/features/"
+        info = self._user_selectable(feature)
+        if len(refs) > MAX_ALLOWLIST_REFS:
+            raise invalid_argument(
+                "model_refs", f"an allowlist holds at most {MAX_ALLOWLIST_REFS} model refs; got {len(refs)}"
+            )
+        if not enabled and refs:
+            raise invalid_argument(
+                "model_refs",
+                "model_refs must be empty when enabled is false: turning the allowlist off clears it",
+            )
+        kept, dropped = vet_allowlist(self.snapshot.catalog, info, refs)
+        stored = kept if enabled else None
+        resource += f"{info.name}/allowlist"
+
+        async def write(tx: StoreTx) -> Staged[None]:
+            before = await tx.get_allowlist(namespace_id, info.name)
+            if before == stored:
+                return Staged(None)  # nothing to change, nothing to audit
+            await tx.set_allowlist(namespace_id, info.name, stored)
+            key = f"{namespace_id}/{info.name}" if namespace_id else f"instance/{info.name}"
+            return Staged(
+                None,
+                Change(ChangeKind.MODEL_ALLOWLIST, (key,)),
+                Audit(action, resource, _allowlist_audit(before), _allowlist_audit(stored)),
+                patch=lambda snapshot: snapshot.with_allowlist(namespace_id, info.name, stored),
+            )
+
+        _, version = await self.pipeline.commit(actor, write)
+        return AllowlistUpdate(stored, dropped, version)
+
     # -- seats and default namespaces (GitLab.com) --------------------------------------------------
 
     async def sync_seats(self, actor: str, changes: Sequence[SeatChange]) -> SeatSyncResult:
@@ -647,6 +769,10 @@ class AdminCommands:
 
         _, version = await self.pipeline.commit(actor, write)
         return version
+
+
+def _allowlist_audit(refs: tuple[str, ...] | None) -> str:
+    return _audit_json({"enabled": refs is not None, "model_refs": list(refs or ())})
 
 
 def _no_model(model_id: str) -> DuoError:

@@ -38,6 +38,19 @@ class SelectionSource(enum.IntEnum):
     FEATURE_SETTING = 5
     INSTANCE = 6
     GITLAB_DEFAULT = 7
+    USER = 8
+
+
+class UserSelection(enum.IntEnum):
+    """What became of a request's user_selected_model (DESIGN section 3, "User model selection")."""
+
+    NOT_REQUESTED = 0  # the request carried no choice
+    APPLIED = 1
+    IGNORED_NOT_USER_SELECTABLE = 2
+    IGNORED_PINNED = 3
+    IGNORED_NOT_ALLOWED = 4
+    IGNORED_UNKNOWN_MODEL = 5
+    IGNORED_SELF_HOSTED = 6
 
 
 class ModelFamily(enum.IntEnum):
@@ -145,6 +158,7 @@ class ChangeKind(enum.StrEnum):
     API_TOKENS = "api_tokens"
     SEAT_ASSIGNMENTS = "seat_assignments"
     DEFAULT_NAMESPACE = "default_namespace"
+    MODEL_ALLOWLIST = "model_allowlist"
 
     @property
     def per_user(self) -> bool:

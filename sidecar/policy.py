@@ -10,9 +10,16 @@ from collections.abc import Mapping
 from typing import NamedTuple, TypeVar
 
 from sidecar.catalog import Catalog, Deprecation, FeatureInfo
-from sidecar.domain import DeploymentType, FeatureProvider, Provider, SelectionSource, SelfHostedModel
+from sidecar.domain import (
+    DeploymentType,
+    FeatureProvider,
+    Provider,
+    SelectionSource,
+    SelfHostedModel,
+    UserSelection,
+)
 from sidecar.errors import DuoError, ErrorCode, PreconditionViolation, failed_precondition, invalid_argument
-from sidecar.snapshot import InstanceOptions, Snapshot
+from sidecar.snapshot import Allowlists, InstanceOptions, Snapshot
 from sidecar.users import NO_USER_DATA, UserRouting
 
 T = TypeVar("T")
@@ -45,6 +52,7 @@ class Resolution(NamedTuple):
     pinned_model_deprecated: bool = False
     deprecation_removal_version: str = ""
     default_model_group: str = ""  # the `__default__<feature>` group the model was drawn from
+    user_selection: UserSelection = UserSelection.NOT_REQUESTED
 
 
 class Choice(NamedTuple):
@@ -120,11 +128,17 @@ def user_defaults(user: UserRouting) -> UserDefaults:
 
 
 def resolve(
-    snapshot: Snapshot, user_id: int, feature: str, root_namespace_id: int, user: UserRouting = NO_USER_DATA
+    snapshot: Snapshot,
+    user_id: int,
+    feature: str,
+    root_namespace_id: int,
+    user: UserRouting = NO_USER_DATA,
+    user_selected_model: str = "",
 ) -> Resolution:
     """Applies the routing rules; raises DuoError for invalid input or DEFAULT_NAMESPACE_REQUIRED.
 
-    `user` is the user's seats and default namespace; only GitLab.com reads it.
+    `user` is the user's seats and default namespace; only GitLab.com reads it. `user_selected_model` is the
+    user's own choice: it never makes a request fail (see resolve_with_user_choice).
     """
     if user_id <= 0:
         raise invalid_argument("user_id", f"user_id must be a positive GitLab user id, got {user_id}")
@@ -134,7 +148,9 @@ def resolve(
             f"root_namespace_id must be 0 (no context) or positive, got {root_namespace_id}",
         )
     info = feature_info(snapshot, feature)
-    if snapshot.deployment_type is DeploymentType.GITLAB_COM:
+    if user_selected_model:
+        resolution = resolve_with_user_choice(snapshot, user_id, user, info, root_namespace_id, user_selected_model)
+    elif snapshot.deployment_type is DeploymentType.GITLAB_COM:
         resolution = _resolve_gitlab_com(snapshot, user_id, user, info, root_namespace_id)
     else:
         resolution = _resolve_instance(snapshot, info)
@@ -423,3 +439,209 @@ def deprecated_pins(snapshot: Snapshot) -> dict[tuple[str, str, str], int]:
     for pins in snapshot.namespace_pins.values():
         count(pins)
     return counts
+
+
+# -- user model selection (DESIGN section 3, "User model selection") --------------------------------------------
+
+
+class ScopeOptions(NamedTuple):
+    """What a user may choose at one scope (a namespace, or the instance) for one feature."""
+
+    default: Choice  # what serves the request when the user's choice is not used
+    may_choose: bool
+    why_not: UserSelection  # when not may_choose: the reason a choice is ignored
+    allowlist: tuple[str, ...] | None  # the scope's allowlist refs; None: allowlist off
+
+
+def scope_options(pins: Mapping[str, str] | None, allowlist: tuple[str, ...] | None, info: FeatureInfo) -> ScopeOptions:
+    default = choose(pins, info)
+    if not info.user_selectable:
+        return ScopeOptions(default, False, UserSelection.IGNORED_NOT_USER_SELECTABLE, allowlist)
+    # A pin with the allowlist off is a hard pin, even when its model left the catalog (it then serves the default):
+    # the owner restricted the feature, and a vanished model does not open it up.
+    if allowlist is None and (default.pinned or default.pinned_model_unavailable):
+        return ScopeOptions(default, False, UserSelection.IGNORED_PINNED, allowlist)
+    return ScopeOptions(default, True, UserSelection.NOT_REQUESTED, allowlist)
+
+
+def allowed_models(options: ScopeOptions, info: FeatureInfo) -> tuple[str, ...]:
+    """The models a user may choose at the scope: with the allowlist on, its refs the catalog still offers plus
+    the scope's pin (or, with none, the default); with it off, every selectable model; none when no choice."""
+    if not options.may_choose:
+        return ()
+    if options.allowlist is None:
+        return info.selectable_models
+    allowed = [options.default.identifier]
+    allowed += [ref for ref in options.allowlist if ref not in allowed and info.is_selectable(ref)]
+    return tuple(allowed)
+
+
+def stale_refs(allowlist: tuple[str, ...], info: FeatureInfo) -> tuple[str, ...]:
+    """Allowlist refs the catalog no longer offers for the feature: kept, reported, ignored."""
+    return tuple(ref for ref in allowlist if not info.is_selectable(ref))
+
+
+def judge_choice(options: ScopeOptions, info: FeatureInfo, selected: str) -> UserSelection:
+    """Whether the scope lets the user's choice serve the request, and if not, why."""
+    if not options.may_choose:
+        return options.why_not
+    if options.allowlist is None:
+        allowed = info.is_selectable(selected)
+    else:
+        allowed = selected == options.default.identifier or (
+            selected in options.allowlist and info.is_selectable(selected)
+        )
+    if allowed:
+        return UserSelection.APPLIED
+    return UserSelection.IGNORED_NOT_ALLOWED if info.is_selectable(selected) else UserSelection.IGNORED_UNKNOWN_MODEL
+
+
+def _allowlist(allowlists: Allowlists | None, info: FeatureInfo) -> tuple[str, ...] | None:
+    return allowlists.get(info.name) if allowlists else None
+
+
+def namespace_options(snapshot: Snapshot, namespace_id: int, info: FeatureInfo) -> ScopeOptions:
+    return scope_options(
+        snapshot.namespace_pins.get(namespace_id),
+        _allowlist(snapshot.namespace_allowlists.get(namespace_id), info),
+        info,
+    )
+
+
+def instance_options(snapshot: Snapshot, info: FeatureInfo) -> ScopeOptions:
+    return scope_options(snapshot.instance_pins, _allowlist(snapshot.instance_allowlists, info), info)
+
+
+def _user_choice_resolution(
+    snapshot: Snapshot, info: FeatureInfo, selected: str, governing_namespace_id: int, prompt: bool
+) -> Resolution:
+    choice = Choice(selected, info.name, pinned=True, pinned_model_unavailable=False)
+    answer = _catalog_resolution(snapshot, choice, SelectionSource.USER, governing_namespace_id, prompt)
+    return answer._replace(user_selection=UserSelection.APPLIED)
+
+
+def resolve_with_user_choice(
+    snapshot: Snapshot, user_id: int, user: UserRouting, info: FeatureInfo, root_namespace_id: int, selected: str
+) -> Resolution:
+    """Rules 1-4: the governing scope's answer, or the user's choice where the scope allows it.
+
+    Whatever the choice, the answer is either the choice or exactly what the request gets without one (an error
+    included): the choice itself never fails a request.
+    """
+    gitlab_com = snapshot.deployment_type is DeploymentType.GITLAB_COM
+    if not info.user_selectable:
+        base = (
+            _resolve_gitlab_com(snapshot, user_id, user, info, root_namespace_id)
+            if gitlab_com
+            else _resolve_instance(snapshot, info)
+        )
+        return base._replace(user_selection=UserSelection.IGNORED_NOT_USER_SELECTABLE)
+    if not gitlab_com:
+        base = _resolve_instance(snapshot, info)
+        if base.provider is not Provider.GITLAB_AI_GATEWAY:  # self-hosted or disabled by the admin
+            verdict = UserSelection.IGNORED_SELF_HOSTED
+        else:
+            verdict = judge_choice(instance_options(snapshot, info), info, selected)
+        if verdict is UserSelection.APPLIED:
+            return _user_choice_resolution(snapshot, info, selected, 0, prompt=False)
+        return base._replace(user_selection=verdict)
+    defaults = user_defaults(user)
+    verdict, governing = _gitlab_com_verdict(snapshot, defaults, info, root_namespace_id, selected)
+    if verdict is UserSelection.APPLIED:
+        return _user_choice_resolution(snapshot, info, selected, governing, defaults.prompt)
+    return _resolve_gitlab_com(snapshot, user_id, user, info, root_namespace_id)._replace(user_selection=verdict)
+
+
+def _gitlab_com_verdict(
+    snapshot: Snapshot, defaults: UserDefaults, info: FeatureInfo, root_namespace_id: int, selected: str
+) -> tuple[UserSelection, int]:
+    """The verdict on the user's choice and the namespace that gave it (0: none, or every candidate)."""
+    scope = root_namespace_id or defaults.effective_default
+    if scope or len(defaults.seats) < 2:  # one governing namespace, or none (no seats: the GitLab default)
+        return judge_choice(namespace_options(snapshot, scope, info), info, selected), scope
+    # Rule 4: no context, no default, several seats: the choice is judged in every candidate namespace. It serves
+    # the request when every candidate serves the chosen model (allowing it, or pinning that very model).
+    ignored: list[UserSelection] = []
+    applied = disagree = False
+    for ns in sorted(defaults.seats):
+        options = namespace_options(snapshot, ns, info)
+        verdict = judge_choice(options, info, selected)
+        if verdict is UserSelection.APPLIED:
+            applied = True
+            continue
+        ignored.append(verdict)
+        disagree = disagree or options.default.identifier != selected
+    if applied and not disagree:
+        return UserSelection.APPLIED, 0
+    return ignored[0], 0
+
+
+class UserChoices(NamedTuple):
+    """What a user's model picker shows for one feature (ListUserSelectableModels, GetUserRoutingStatus)."""
+
+    default: Resolution | None  # the answer without a choice; None when it is an error (see error_reason)
+    error_reason: str  # why there is no default answer (DEFAULT_NAMESPACE_REQUIRED, NO_MODEL_CONFIGURED, ...)
+    allowed: tuple[str, ...]  # the choices that would serve the request, in catalog order
+    pinned_model: str  # the governing scope's hard pin, if any
+    why_not: UserSelection  # NOT_REQUESTED when the user may choose
+    governing_namespace_id: int
+    candidate_namespace_ids: tuple[int, ...]  # GitLab.com, no context, several seats, no valid default
+
+    @property
+    def may_choose(self) -> bool:
+        return bool(self.allowed)
+
+
+def user_choices(
+    snapshot: Snapshot, user_id: int, feature: str, root_namespace_id: int, user: UserRouting = NO_USER_DATA
+) -> UserChoices:
+    """The models a choice may name for this request, and what serves it without one; the same rules as
+    resolve(..., user_selected_model=...), model by model."""
+    error_reason = ""
+    try:
+        default: Resolution | None = resolve(snapshot, user_id, feature, root_namespace_id, user)
+    except DuoError as error:
+        if error.code is not ErrorCode.FAILED_PRECONDITION:
+            raise
+        default, error_reason = None, error.reason
+    info = snapshot.catalog.features[feature]
+    candidates: tuple[int, ...] = ()
+    governing = 0
+    pinned = ""
+    if snapshot.deployment_type is not DeploymentType.GITLAB_COM:
+        options = instance_options(snapshot, info)
+        if info.user_selectable and (default is None or default.provider is not Provider.GITLAB_AI_GATEWAY):
+            # Served by self-hosted models only (a feature setting, or no GitLab-managed model configured).
+            options = options._replace(may_choose=False, why_not=UserSelection.IGNORED_SELF_HOSTED)
+        allowed = tuple(m for m in info.selectable_models if judge_choice(options, info, m) is UserSelection.APPLIED)
+        why_not = options.why_not
+        if options.why_not is UserSelection.IGNORED_PINNED and options.default.pinned:
+            pinned = options.default.identifier
+    else:
+        defaults = user_defaults(user)
+        governing = root_namespace_id or defaults.effective_default
+        if governing or len(defaults.seats) < 2:
+            scopes = [namespace_options(snapshot, governing, info)]
+        else:
+            candidates = tuple(sorted(defaults.seats))
+            scopes = [namespace_options(snapshot, ns, info) for ns in candidates]
+        allowed = tuple(
+            m
+            for m in info.selectable_models
+            if _gitlab_com_verdict(snapshot, defaults, info, root_namespace_id, m)[0] is UserSelection.APPLIED
+        )
+        why_not = next((o.why_not for o in scopes if not o.may_choose), UserSelection.IGNORED_NOT_ALLOWED)
+        hard_pins = {
+            o.default.identifier for o in scopes if o.why_not is UserSelection.IGNORED_PINNED and o.default.pinned
+        }
+        if len(hard_pins) == 1 and all(o.why_not is UserSelection.IGNORED_PINNED for o in scopes):
+            pinned = next(iter(hard_pins))
+    return UserChoices(
+        default=default,
+        error_reason=error_reason,
+        allowed=allowed,
+        pinned_model=pinned,
+        why_not=UserSelection.NOT_REQUESTED if allowed else why_not,
+        governing_namespace_id=governing,
+        candidate_namespace_ids=candidates,
+    )

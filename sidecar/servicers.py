@@ -25,10 +25,20 @@ from sidecar.control import (
     SEAT_ASSIGNMENTS,
     SELF_HOSTED_MODELS,
     AdminCommands,
+    AllowlistUpdate,
     SelectionUpdate,
     SelfHostedModelInput,
 )
-from sidecar.domain import AuditEvent, FeatureProvider, ModelFamily, Platform, SeatChange, SelfHostedModel
+from sidecar.domain import (
+    AuditEvent,
+    FeatureProvider,
+    ModelFamily,
+    Platform,
+    Provider,
+    SeatChange,
+    SelfHostedModel,
+    UserSelection,
+)
 from sidecar.errors import DuoError, invalid_argument
 from sidecar.impact import SelectionImpact
 from sidecar.metrics import Metrics, error_outcome, interrupted_outcome
@@ -62,6 +72,7 @@ def resolution_to_proto(res: policy.Resolution) -> routing_pb2.ResolveModelRespo
         pinned_model_unavailable=res.pinned_model_unavailable,
         config_version=str(res.config_version),
         effective_feature=res.effective_feature,
+        user_selection=cast(types_pb2.UserSelection, res.user_selection.value),
     )
     if res.default_model_group:
         response.default_model_group = res.default_model_group
@@ -172,6 +183,42 @@ def _gen_ai_provider(resolution: policy.Resolution) -> str:
     )
 
 
+def _picker_model(snapshot: Snapshot, identifier: str) -> routing_pb2.UserSelectableModel:
+    model = snapshot.catalog.model(identifier)
+    return routing_pb2.UserSelectableModel(
+        identifier=identifier, name=model.name, provider=model.provider, cost_indicator=model.cost_indicator
+    )
+
+
+def user_choices_to_proto(
+    snapshot: Snapshot, feature: str, choices: policy.UserChoices
+) -> routing_pb2.ListUserSelectableModelsResponse:
+    response = routing_pb2.ListUserSelectableModelsResponse(
+        feature=feature,
+        selectable_models=[_picker_model(snapshot, m) for m in choices.allowed],
+        user_may_choose=choices.may_choose,
+        choice_unavailable_reason=cast(types_pb2.UserSelection, choices.why_not.value),
+        governing_namespace_id=choices.governing_namespace_id,
+        candidate_namespace_ids=list(choices.candidate_namespace_ids),
+        depends_on_default_namespace=choices.error_reason == policy.DEFAULT_NAMESPACE_REQUIRED,
+        config_version=str(snapshot.config_version),
+    )
+    default = choices.default
+    if default is not None:
+        if default.self_hosted_model is not None:
+            response.default_model.CopyFrom(
+                routing_pb2.UserSelectableModel(identifier=default.model_identifier, name=default.model_name)
+            )
+        elif default.provider is not Provider.DISABLED:
+            response.default_model.CopyFrom(_picker_model(snapshot, default.model_identifier))
+            info = snapshot.catalog.features[feature]
+            if default.gitlab_default and info.default_model_group:  # drawn from a load-balanced default
+                response.default_model_group = info.default_model_group
+    if choices.pinned_model:
+        response.pinned_model.CopyFrom(_picker_model(snapshot, choices.pinned_model))
+    return response
+
+
 class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
     def __init__(
         self, state: ConfigState, completer: Completer, metrics: Metrics | None = None, log_prompts: bool = False
@@ -189,7 +236,9 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
     ) -> policy.Resolution:
         """policy.resolve, counted here: the policy itself stays pure."""
         try:
-            resolution = policy.resolve(snapshot, request.user_id, request.feature, request.root_namespace_id, user)
+            resolution = policy.resolve(
+                snapshot, request.user_id, request.feature, request.root_namespace_id, user, request.user_selected_model
+            )
         except DuoError as error:
             if error.reason == policy.DEFAULT_NAMESPACE_REQUIRED:
                 self._metrics.default_namespace_required_for(request.feature)
@@ -204,6 +253,14 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
     ) -> routing_pb2.ResolveModelResponse:
         user = await self._state.user_routing(request.user_id)
         return resolution_to_proto(self._resolve(self._state.snapshot, user, request))
+
+    async def ListUserSelectableModels(
+        self, request: routing_pb2.ListUserSelectableModelsRequest, context: grpc.aio.ServicerContext
+    ) -> routing_pb2.ListUserSelectableModelsResponse:
+        user = await self._state.user_routing(request.user_id)
+        snapshot = self._state.snapshot
+        choices = policy.user_choices(snapshot, request.user_id, request.feature, request.root_namespace_id, user)
+        return user_choices_to_proto(snapshot, request.feature, choices)
 
     async def Complete(
         self, request: routing_pb2.CompleteRequest, context: grpc.aio.ServicerContext
@@ -397,6 +454,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     # -- model selection ------------------------------------------------------------------------
 
     def _selection(self, info: FeatureInfo, pins: Mapping[str, str], namespace_id: int) -> admin_pb2.ModelSelection:
+        """namespace_id 0: the instance's selection."""
         snapshot = self._control.snapshot
         choice = policy.choose(pins, info)
         own = pins.get(info.name, "")
@@ -421,7 +479,30 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             selection.effective_model_name = snapshot.catalog.model(info.default_model_group).name
         if not namespace_id:
             _instance_reachability(selection, snapshot, info, choice)
+        self._add_allowlist(selection, info, namespace_id)
         return selection
+
+    def _add_allowlist(self, selection: admin_pb2.ModelSelection, info: FeatureInfo, namespace_id: int) -> None:
+        """User model selection at the scope: whether users may choose, among which models, and the allowlist."""
+        snapshot = self._control.snapshot
+        options = (
+            policy.namespace_options(snapshot, namespace_id, info)
+            if namespace_id
+            else policy.instance_options(snapshot, info)
+        )
+        selection.user_selectable = info.user_selectable
+        selection.hard_pin = options.why_not is UserSelection.IGNORED_PINNED
+        if not info.user_selectable:
+            return
+        refs = options.allowlist or ()
+        selection.allowlist.CopyFrom(
+            admin_pb2.ModelAllowlist(
+                enabled=options.allowlist is not None,
+                model_refs=list(refs),
+                allowed_model_identifiers=list(policy.allowed_models(options, info)),
+                stale_model_refs=list(policy.stale_refs(refs, info)),
+            )
+        )
 
     def _selection_update(self, update: SelectionUpdate, response: PinResponse) -> PinResponse:
         """Fills the fields both Update*ModelSelection responses share."""
@@ -500,6 +581,44 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListNamespaceModelSelectionsResponse(
             model_selections=[self._selection(f, pins, request.namespace_id) for f in page],
             next_page_token=token,
+        )
+
+    def _allowlist_response(
+        self, info: FeatureInfo, namespace_id: int, update: AllowlistUpdate
+    ) -> tuple[admin_pb2.ModelSelection, list[admin_pb2.DroppedModelRef], str]:
+        snapshot = self._control.snapshot
+        pins: Mapping[str, str] = (
+            snapshot.namespace_pins.get(namespace_id, {}) if namespace_id else snapshot.instance_pins
+        )
+        dropped = [
+            admin_pb2.DroppedModelRef(model_ref=d.model_ref, reason=d.reason, message=d.message) for d in update.dropped
+        ]
+        return self._selection(info, pins, namespace_id), dropped, str(update.config_version)
+
+    async def UpdateNamespaceModelAllowlist(
+        self, request: admin_pb2.UpdateNamespaceModelAllowlistRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.UpdateNamespaceModelAllowlistResponse:
+        if request.namespace_id <= 0:
+            raise invalid_argument("namespace_id", f"namespace_id must be positive, got {request.namespace_id}")
+        update = await self._control.update_allowlist(
+            _actor(context), request.namespace_id, request.feature, request.enabled, list(request.model_refs)
+        )
+        info = self._control.snapshot.catalog.features[request.feature]
+        selection, dropped, version = self._allowlist_response(info, request.namespace_id, update)
+        return admin_pb2.UpdateNamespaceModelAllowlistResponse(
+            model_selection=selection, dropped_model_refs=dropped, config_version=version
+        )
+
+    async def UpdateInstanceModelAllowlist(
+        self, request: admin_pb2.UpdateInstanceModelAllowlistRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.UpdateInstanceModelAllowlistResponse:
+        update = await self._control.update_allowlist(
+            _actor(context), 0, request.feature, request.enabled, list(request.model_refs)
+        )
+        info = self._control.snapshot.catalog.features[request.feature]
+        selection, dropped, version = self._allowlist_response(info, 0, update)
+        return admin_pb2.UpdateInstanceModelAllowlistResponse(
+            model_selection=selection, dropped_model_refs=dropped, config_version=version
         )
 
     # -- catalog --------------------------------------------------------------------------------
@@ -610,15 +729,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         snapshot = self._control.snapshot
         defaults = policy.user_defaults(user)
         features = []
-        for name in snapshot.catalog.features:
-            status = admin_pb2.FeatureRoutingStatus(feature=name)
+        for name, info in snapshot.catalog.features.items():
+            status = admin_pb2.FeatureRoutingStatus(feature=name, user_selectable=info.user_selectable)
+            choice = request.user_selected_model if info.user_selectable else ""
             try:
                 status.resolution.CopyFrom(
-                    resolution_to_proto(policy.resolve(snapshot, request.user_id, name, 0, user))
+                    resolution_to_proto(policy.resolve(snapshot, request.user_id, name, 0, user, choice))
                 )
             except DuoError as error:
                 status.error_reason = error.reason
                 status.error_message = error.message
+            if info.user_selectable:
+                choices = policy.user_choices(snapshot, request.user_id, name, 0, user)
+                status.user_may_choose = choices.may_choose
+                status.user_selectable_model_identifiers.extend(choices.allowed)
             features.append(status)
         return admin_pb2.GetUserRoutingStatusResponse(
             user_id=request.user_id,

@@ -18,6 +18,8 @@ from sidecar.catalog import Catalog
 from sidecar.domain import DeploymentType, FeatureSetting, SelfHostedModel
 
 NamespacePins = immutables.Map[str, str]
+# Per feature, the allowlist's model refs (present only while the allowlist is on).
+Allowlists = immutables.Map[str, tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +60,8 @@ class Snapshot:
     instance_pins: immutables.Map[str, str]
     namespace_pins: immutables.Map[int, NamespacePins]
     options: InstanceOptions = NO_OPTIONS
+    instance_allowlists: Allowlists = dataclasses.field(default_factory=immutables.Map)
+    namespace_allowlists: immutables.Map[int, Allowlists] = dataclasses.field(default_factory=immutables.Map)
 
     def with_version(self, version: int) -> Snapshot:
         return dataclasses.replace(self, config_version=version)
@@ -86,6 +90,20 @@ class Snapshot:
         else:
             namespaces = _discard(self.namespace_pins, namespace_id)
         return dataclasses.replace(self, namespace_pins=namespaces)
+
+    def with_allowlist(self, namespace_id: int, feature: str, refs: tuple[str, ...] | None) -> Snapshot:
+        """namespace_id 0: the instance's allowlist. refs None: the allowlist is off."""
+        if namespace_id == 0:
+            lists = self.instance_allowlists
+            lists = lists.set(feature, refs) if refs is not None else _discard(lists, feature)
+            return dataclasses.replace(self, instance_allowlists=lists)
+        current: Allowlists = self.namespace_allowlists.get(namespace_id, immutables.Map())
+        updated = current.set(feature, refs) if refs is not None else _discard(current, feature)
+        if updated:
+            namespaces = self.namespace_allowlists.set(namespace_id, updated)
+        else:
+            namespaces = _discard(self.namespace_allowlists, namespace_id)
+        return dataclasses.replace(self, namespace_allowlists=namespaces)
 
 
 K = TypeVar("K")

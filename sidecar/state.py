@@ -42,6 +42,9 @@ def build_snapshot(
     pins: dict[int, dict[str, str]] = {}
     for namespace_id, feature, ref in state.namespace_pins:
         pins.setdefault(namespace_id, {})[feature] = ref
+    allowlists: dict[int, dict[str, tuple[str, ...]]] = {}
+    for namespace_id, feature, refs in state.allowlists:
+        allowlists.setdefault(namespace_id, {})[feature] = refs
     return Snapshot(
         deployment_type=deployment,
         catalog=offered_catalog(catalog, options),
@@ -51,6 +54,8 @@ def build_snapshot(
         instance_pins=immutables.Map(state.instance_pins),
         namespace_pins=immutables.Map({ns: immutables.Map(p) for ns, p in pins.items()}),
         options=options,
+        instance_allowlists=immutables.Map(allowlists.pop(0, {})),
+        namespace_allowlists=immutables.Map({ns: immutables.Map(a) for ns, a in allowlists.items()}),
     )
 
 

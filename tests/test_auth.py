@@ -13,8 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from duo_common.tokens import sign_token
+from duo_common.tokens import ALLOWED_SKEW_SECONDS, sign_token
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
+from sidecar.auth import Authenticator, Role, Secrets
 from tests.certs import make_pki
 from tests.conftest import Sidecar, StartServer
 from tests.helpers import error_details
@@ -313,3 +314,28 @@ async def test_unknown_methods_without_enforced_authentication_are_unimplemented
     sidecar = await start_server("dedicated", env={**AUTH_ENV, "DUO_SIDECAR_AUTH_TRANSITIONING": "true"})
     for shape in SHAPES:
         assert (await _raw_call(sidecar.channel, UNKNOWN_ADMIN_PATHS[0], shape, None))[0] == UNIMPLEMENTED
+
+
+async def test_a_verified_token_is_remembered_but_its_window_and_role_still_apply() -> None:
+    """The verification cache never lets through what verifying again would refuse."""
+    now = [1_000_000.0]
+    failures: list[str] = []
+    auth = Authenticator(
+        Secrets(client=b"c" * 32, admin=b"a" * 32),
+        transitioning=False,
+        open_reflection=False,
+        on_failure=lambda reason, enforced: failures.append(reason),
+        clock=lambda: now[0],
+    )
+    client_token = sign_token(b"c" * 32, timestamp=int(now[0]))
+    metadata = (("authorization", client_token),)
+    assert auth.refusal(Role.CLIENT, "/m", metadata) is None
+    assert auth.refusal(Role.CLIENT, "/m", metadata) is None  # from the cache
+    wrong_role = auth.refusal(Role.ADMIN, "/m", metadata)
+    assert wrong_role is not None and wrong_role.reason == "AUTH_WRONG_ROLE"
+    forged = "Bearer v2." + "0" * 64 + f".{int(now[0])}"
+    assert (auth.refusal(Role.CLIENT, "/m", (("authorization", forged),)) or wrong_role).reason == "AUTH_TOKEN_INVALID"
+    now[0] += ALLOWED_SKEW_SECONDS + 1
+    expired = auth.refusal(Role.CLIENT, "/m", metadata)
+    assert expired is not None and expired.reason == "AUTH_TOKEN_EXPIRED"
+    assert failures == ["AUTH_WRONG_ROLE", "AUTH_TOKEN_INVALID", "AUTH_TOKEN_EXPIRED"]

@@ -237,7 +237,7 @@ def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> di
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     commands = _commands(cli.build_parser())
-    assert sum(commands.values()) == 23 and commands[("models", "update")] and not commands[("models",)]
+    assert sum(commands.values()) == 27 and commands[("models", "update")] and not commands[("models",)]
     for command, runs_something in commands.items():
         with pytest.raises(SystemExit) as exited:
             cli.main([*command, "--help"])

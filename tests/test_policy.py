@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sidecar.catalog import Deprecation, load_catalog
 from sidecar.domain import (
@@ -17,6 +19,7 @@ from sidecar.domain import (
     Provider,
     SelectionSource,
     SelfHostedModel,
+    UserSelection,
 )
 from sidecar.errors import DuoError, ErrorCode
 from sidecar.policy import (
@@ -29,6 +32,7 @@ from sidecar.policy import (
     instance_without_model,
     resolve,
     stable_bucket,
+    user_choices,
     user_defaults,
 )
 from sidecar.snapshot import NO_OPTIONS, InstanceOptions, Snapshot, offered_catalog
@@ -506,3 +510,264 @@ def test_team_only_models_are_offered_only_when_the_operator_turns_them_on() -> 
     assert offered_catalog(offered, InstanceOptions(offer_team_only_models=True)) == offered  # idempotent
     unrelated = next(f for f in CATALOG.features.values() if not f.team_only_models)
     assert offered.features[unrelated.name] is CATALOG.features[unrelated.name]
+
+
+# -- user model selection (DESIGN section 3, "User model selection") ---------------------------------------------
+
+AGENTIC = "duo_agent_platform_agentic_chat"
+AGENTIC_INFO = CATALOG.features[AGENTIC]
+# Identifiers read from the catalog, so the table holds whichever catalog ships: three selectable models that are
+# not the default, a catalog model the feature does not offer, and one the catalog does not know.
+PICKS = [m for m in AGENTIC_INFO.selectable_models if m != AGENTIC_INFO.default_model and "__default__" not in m]
+A, B, C = PICKS[0], PICKS[1], PICKS[2]
+FOREIGN = next(m for m in CATALOG.models if not AGENTIC_INFO.is_selectable(m) and "__default__" not in m)
+UNKNOWN = "no_such_model_v0"
+DEFAULT = "<the feature's GitLab default>"  # resolved in the table's world, whatever the catalog's default is
+SM = DeploymentType.SELF_MANAGED
+DED = DeploymentType.DEDICATED
+
+
+@dataclass
+class ChoiceWorld(World):
+    allowlists: list[tuple[int, str, tuple[str, ...]]] = field(default_factory=list)  # namespace 0: the instance
+
+    def snapshot(self) -> Snapshot:
+        base = super().snapshot()
+        for namespace_id, feature, refs in self.allowlists:
+            base = base.with_allowlist(namespace_id, feature, refs)
+        return base
+
+    def choose(self, feature: str, choice: str, root_namespace_id: int = 0, user_id: int = 1) -> Resolution:
+        return resolve(self.snapshot(), user_id, feature, root_namespace_id, self.user(user_id), choice)
+
+
+def _ns(*pins: tuple[int, str]) -> list[tuple[int, str, str]]:
+    return [(ns, AGENTIC, model) for ns, model in pins]
+
+
+def _lists(*lists: tuple[int, tuple[str, ...]]) -> list[tuple[int, str, tuple[str, ...]]]:
+    return [(ns, AGENTIC, refs) for ns, refs in lists]
+
+
+@dataclass
+class ChoiceCase:
+    name: str
+    world: ChoiceWorld
+    choice: str
+    model: str
+    source: SelectionSource
+    selection: UserSelection
+    root_namespace_id: int = 0
+    governing: int = 0
+    feature: str = AGENTIC
+    provider: Provider = Provider.GITLAB_AI_GATEWAY
+
+
+APPLIED = UserSelection.APPLIED
+CTX = SelectionSource.CONTEXT_NAMESPACE
+USER = SelectionSource.USER
+CHOICE_CASES = [
+    # GitLab.com, the governing namespace from the request's context
+    ChoiceCase("com: hard pin wins over the user", ChoiceWorld(namespace_pins=_ns((10, A))), B, A, CTX,
+               UserSelection.IGNORED_PINNED, 10, 10),
+    ChoiceCase("com: pin with allowlist on is a default: allowed choice", ChoiceWorld(namespace_pins=_ns((10, A)),
+               allowlists=_lists((10, (B,)))), B, B, USER, APPLIED, 10, 10),
+    ChoiceCase("com: pin with allowlist on is a default: the pin itself may be chosen",
+               ChoiceWorld(namespace_pins=_ns((10, A)), allowlists=_lists((10, (B,)))), A, A, USER, APPLIED, 10, 10),
+    ChoiceCase("com: pin with allowlist on: choice outside it gets the pin", ChoiceWorld(namespace_pins=_ns((10, A)),
+               allowlists=_lists((10, (B,)))), C, A, CTX, UserSelection.IGNORED_NOT_ALLOWED, 10, 10),
+    ChoiceCase("com: no pin, allowlist off: any selectable model", ChoiceWorld(), B, B, USER, APPLIED, 10, 10),
+    ChoiceCase("com: choice not in the allowlist gets the default", ChoiceWorld(allowlists=_lists((10, (A,)))), B,
+               DEFAULT, CTX, UserSelection.IGNORED_NOT_ALLOWED, 10, 10),
+    ChoiceCase("com: a model the catalog does not know", ChoiceWorld(), UNKNOWN, DEFAULT, CTX,
+               UserSelection.IGNORED_UNKNOWN_MODEL, 10, 10),
+    ChoiceCase("com: a catalog model the feature does not offer", ChoiceWorld(), FOREIGN, DEFAULT, CTX,
+               UserSelection.IGNORED_UNKNOWN_MODEL, 10, 10),
+    ChoiceCase("com: an allowlisted ref the catalog dropped is ignored", ChoiceWorld(allowlists=_lists((10, (UNKNOWN,
+               B)))), UNKNOWN, DEFAULT, CTX, UserSelection.IGNORED_UNKNOWN_MODEL, 10, 10),
+    ChoiceCase("com: feature not user selectable", ChoiceWorld(), "gpt_5", CHAT_DEFAULT, CTX,
+               UserSelection.IGNORED_NOT_USER_SELECTABLE, 10, 10, feature="duo_chat"),
+    ChoiceCase("com: valid default namespace governs", ChoiceWorld(seats=SHARED_SEATS, defaults={1: 20},
+               namespace_pins=_ns((10, A), (20, A)), allowlists=_lists((20, (B,)))), B, B, USER, APPLIED, 0, 20),
+    ChoiceCase("com: sole seat namespace governs", ChoiceWorld(seats=[(1, 10)], namespace_pins=_ns((10, A))), B, A,
+               SelectionSource.SOLE_SEAT_NAMESPACE, UserSelection.IGNORED_PINNED, 0, 10),
+    ChoiceCase("com: no seats, no context: nothing restricts", ChoiceWorld(), C, C, USER, APPLIED),
+    ChoiceCase("com: multi-seat, the choice makes the candidates agree", ChoiceWorld(seats=SHARED_SEATS,
+               namespace_pins=_ns((10, A), (20, C)), allowlists=_lists((10, (B,)), (20, (B,)))), B, B, USER,
+               APPLIED),
+    ChoiceCase("com: multi-seat, a candidate hard-pinning the chosen model agrees", ChoiceWorld(seats=SHARED_SEATS,
+               namespace_pins=_ns((10, A), (20, B)), allowlists=_lists((10, (B,)))), B, B, USER, APPLIED),
+    ChoiceCase("com: multi-seat, candidates that agree without the choice keep their answer",
+               ChoiceWorld(seats=SHARED_SEATS, namespace_pins=_ns((10, A), (20, A)), allowlists=_lists((10, (B,)))),
+               B, A, SelectionSource.UNANIMOUS_SEAT_NAMESPACES, UserSelection.IGNORED_PINNED),
+    # Dedicated: the instance governs
+    ChoiceCase("dedicated: hard pin", ChoiceWorld(DED, instance_pins={AGENTIC: A}), B, A, SelectionSource.INSTANCE,
+               UserSelection.IGNORED_PINNED),
+    ChoiceCase("dedicated: pin with allowlist on is a default", ChoiceWorld(DED, instance_pins={AGENTIC: A},
+               allowlists=_lists((0, (B,)))), B, B, USER, APPLIED),
+    ChoiceCase("dedicated: choice allowed", ChoiceWorld(DED), C, C, USER, APPLIED),
+    ChoiceCase("dedicated: choice not allowed", ChoiceWorld(DED, instance_pins={AGENTIC: A},
+               allowlists=_lists((0, (B,)))), C, A, SelectionSource.INSTANCE, UserSelection.IGNORED_NOT_ALLOWED),
+    ChoiceCase("dedicated: unknown model", ChoiceWorld(DED), UNKNOWN, DEFAULT, SelectionSource.GITLAB_DEFAULT,
+               UserSelection.IGNORED_UNKNOWN_MODEL),
+    ChoiceCase("dedicated: feature not user selectable", ChoiceWorld(DED), "gpt_5", CHAT_DEFAULT,
+               SelectionSource.GITLAB_DEFAULT, UserSelection.IGNORED_NOT_USER_SELECTABLE, feature="duo_chat"),
+    # Self-Managed: the instance governs, and feature settings come first
+    ChoiceCase("self-managed: hard pin", ChoiceWorld(SM, instance_pins={AGENTIC: A}), B, A, SelectionSource.INSTANCE,
+               UserSelection.IGNORED_PINNED),
+    ChoiceCase("self-managed: pin with allowlist on is a default", ChoiceWorld(SM, instance_pins={AGENTIC: A},
+               allowlists=_lists((0, (B, C)))), C, C, USER, APPLIED),
+    ChoiceCase("self-managed: choice allowed", ChoiceWorld(SM), B, B, USER, APPLIED),
+    ChoiceCase("self-managed: choice not allowed", ChoiceWorld(SM, allowlists=_lists((0, (B,)))), C, DEFAULT,
+               SelectionSource.GITLAB_DEFAULT, UserSelection.IGNORED_NOT_ALLOWED),
+    ChoiceCase("self-managed: unknown model", ChoiceWorld(SM), FOREIGN, DEFAULT, SelectionSource.GITLAB_DEFAULT,
+               UserSelection.IGNORED_UNKNOWN_MODEL),
+    ChoiceCase("self-managed: feature not user selectable", ChoiceWorld(SM), "gpt_5", CHAT_DEFAULT,
+               SelectionSource.GITLAB_DEFAULT, UserSelection.IGNORED_NOT_USER_SELECTABLE, feature="duo_chat"),
+    ChoiceCase("self-managed: self-hosted setting offers no choice", ChoiceWorld(SM, feature_settings=[FeatureSetting(
+               AGENTIC, FeatureProvider.SELF_HOSTED, "m1")]), B, "custom_openai/mistral",
+               SelectionSource.FEATURE_SETTING, UserSelection.IGNORED_SELF_HOSTED, provider=Provider.SELF_HOSTED),
+    ChoiceCase("self-managed: disabled setting offers no choice", ChoiceWorld(SM, feature_settings=[FeatureSetting(
+               AGENTIC, FeatureProvider.DISABLED)]), B, "", SelectionSource.FEATURE_SETTING,
+               UserSelection.IGNORED_SELF_HOSTED, provider=Provider.DISABLED),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CHOICE_CASES, ids=[c.name for c in CHOICE_CASES])
+def test_user_choice(case: ChoiceCase) -> None:
+    res = case.world.choose(case.feature, case.choice, case.root_namespace_id)
+    expected = ChoiceWorld(case.world.deployment).resolve(case.feature).model_identifier
+    assert (res.model_identifier, res.source, res.user_selection) == (
+        expected if case.model == DEFAULT else case.model,
+        case.source,
+        case.selection,
+    )
+    assert res.provider is case.provider
+    assert res.governing_namespace_id == case.governing
+    if case.selection is APPLIED:
+        assert (res.gitlab_default, res.effective_feature, res.pinned_model_unavailable) == (False, AGENTIC, False)
+        assert res.model_name == CATALOG.model(case.choice).name
+    else:  # ignored: exactly the answer without a choice
+        assert res._replace(user_selection=UserSelection.NOT_REQUESTED) == case.world.resolve(
+            case.feature, case.root_namespace_id
+        )
+
+
+def test_a_request_without_a_choice_says_none_was_requested() -> None:
+    assert ChoiceWorld(namespace_pins=_ns((10, A))).resolve(AGENTIC, 10).user_selection is UserSelection.NOT_REQUESTED
+
+
+def test_multi_seat_choice_that_the_candidates_disagree_on_fails_as_without_it() -> None:
+    world = ChoiceWorld(seats=SHARED_SEATS, namespace_pins=_ns((10, A), (20, C)), allowlists=_lists((10, (B,))))
+    for choice in (B, UNKNOWN, ""):
+        with pytest.raises(DuoError) as raised:
+            world.choose(AGENTIC, choice)
+        assert raised.value.reason == DEFAULT_NAMESPACE_REQUIRED
+        assert raised.value.metadata["candidate_namespace_ids"] == "10,20"
+
+
+def test_the_choice_is_judged_per_feature_not_through_the_parent() -> None:
+    """The allowlist is the feature's own; a duo_chat pin does not turn into a hard pin of agentic chat."""
+    world = ChoiceWorld(namespace_pins=[(10, "duo_chat", "gpt_5")])
+    assert world.choose(AGENTIC, B, 10).user_selection is APPLIED
+
+
+MODELS = st.sampled_from([A, B, C, FOREIGN, UNKNOWN])
+NAMESPACES = (10, 20, 30)
+
+
+@st.composite
+def choice_worlds(draw: st.DrawFn) -> tuple[ChoiceWorld, int, str]:
+    deployment = draw(st.sampled_from(list(DeploymentType)))
+    seats = [(1, ns) for ns in draw(st.sets(st.sampled_from(NAMESPACES)))]
+    scopes = NAMESPACES if deployment is DeploymentType.GITLAB_COM else (0,)
+    pins: dict[int, str | None] = {ns: draw(st.none() | MODELS) for ns in scopes}
+    instance_pin = pins.get(0)
+    lists = {ns: draw(st.none() | st.lists(MODELS, max_size=3).map(tuple)) for ns in scopes}
+    setting = draw(st.none() | st.sampled_from(list(FeatureProvider)))
+    world = ChoiceWorld(
+        deployment,
+        seats=seats,
+        defaults={1: draw(st.sampled_from((0, *NAMESPACES)))},
+        namespace_pins=[(ns, AGENTIC, m) for ns, m in pins.items() if ns and m],
+        instance_pins={AGENTIC: instance_pin} if instance_pin else {},
+        feature_settings=[FeatureSetting(AGENTIC, setting, "m1" if setting is FeatureProvider.SELF_HOSTED else "")]
+        if setting and deployment is SM
+        else [],
+        allowlists=[(ns, AGENTIC, refs) for ns, refs in lists.items() if refs is not None],
+    )
+    return world, draw(st.sampled_from((0, *NAMESPACES, 40))), draw(MODELS)
+
+
+def _allowed_by_scope(world: ChoiceWorld, namespace_id: int) -> set[str]:
+    """The test's own reading of rule 5: who may choose what at one scope."""
+    pin = world.instance_pins.get(AGENTIC) if namespace_id == 0 else None
+    pin = pin or next((m for ns, _, m in world.namespace_pins if ns == namespace_id), None)
+    refs = next((r for ns, _, r in world.allowlists if ns == namespace_id), None)
+    if world.deployment is SM and any(s.provider is not FeatureProvider.VENDORED for s in world.feature_settings):
+        return set()
+    if refs is None:
+        return set() if pin else set(AGENTIC_INFO.selectable_models)
+    floor = pin if pin in AGENTIC_INFO.selectable_models else AGENTIC_INFO.default_model
+    return {floor} | {r for r in refs if AGENTIC_INFO.is_selectable(r)}
+
+
+def _outcome(world: ChoiceWorld, root: int, choice: str) -> Resolution | str:
+    try:
+        return world.choose(AGENTIC, choice, root)
+    except DuoError as error:
+        return error.reason
+
+
+@settings(max_examples=400, deadline=None)
+@given(choice_worlds())
+def test_the_answer_is_the_allowed_choice_or_the_scope_setting_never_an_error_of_the_choice(
+    drawn: tuple[ChoiceWorld, int, str],
+) -> None:
+    world, root, choice = drawn
+    without = _outcome(world, root, "")
+    answer = _outcome(world, root, choice)
+    if isinstance(answer, str):  # an error: only the one the request gets without a choice
+        assert answer == without
+        return
+    if answer.user_selection is not UserSelection.APPLIED:
+        assert answer.user_selection is not UserSelection.NOT_REQUESTED
+        assert isinstance(without, Resolution)
+        assert answer._replace(user_selection=UserSelection.NOT_REQUESTED) == without
+        return
+    assert (answer.model_identifier, answer.source) == (choice, SelectionSource.USER)
+    if world.deployment is not DeploymentType.GITLAB_COM:
+        assert choice in _allowed_by_scope(world, 0)
+        return
+    user = user_defaults(world.user())
+    governing = root or user.effective_default
+    if governing or len(user.seats) < 2:
+        assert choice in _allowed_by_scope(world, governing)
+    else:  # every candidate allows it or pins that very model
+        for ns in user.seats:
+            pin = next((m for n, _, m in world.namespace_pins if n == ns), None)
+            assert choice in _allowed_by_scope(world, ns) or pin == choice
+
+
+@settings(max_examples=150, deadline=None)
+@given(choice_worlds())
+def test_the_picker_offers_exactly_the_choices_that_would_be_applied(drawn: tuple[ChoiceWorld, int, str]) -> None:
+    world, root, _ = drawn
+    snapshot, user = world.snapshot(), world.user()
+    choices = user_choices(snapshot, 1, AGENTIC, root, user)
+    applied = []
+    for model in AGENTIC_INFO.selectable_models:
+        try:
+            if resolve(snapshot, 1, AGENTIC, root, user, model).user_selection is UserSelection.APPLIED:
+                applied.append(model)
+        except DuoError:
+            pass
+    assert list(choices.allowed) == applied
+    assert choices.may_choose is bool(applied)
+    assert (choices.why_not is UserSelection.NOT_REQUESTED) is bool(applied)
+    if choices.pinned_model:
+        assert not applied and choices.why_not is UserSelection.IGNORED_PINNED
+    try:
+        assert choices.default == resolve(snapshot, 1, AGENTIC, root, user)
+    except DuoError as error:
+        assert (choices.default, choices.error_reason) == (None, error.reason)

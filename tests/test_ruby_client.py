@@ -58,6 +58,11 @@ def test_routing_on_gitlab_com(start_sidecar: StartSidecar) -> None:
     run_minitest("gitlab_com_test.rb", {"gitlab_com": start_sidecar("gitlab_com")})
 
 
+def test_user_model_selection(start_sidecar: StartSidecar) -> None:
+    """user_selected_model in, user_selection out, and the model picker (ListUserSelectableModels)."""
+    run_minitest("user_model_selection_test.rb", {"gitlab_com": start_sidecar("gitlab_com")})
+
+
 def test_routing_on_self_managed(start_sidecar: StartSidecar) -> None:
     run_minitest("self_managed_test.rb", {"self_managed": start_sidecar("self_managed")})
 

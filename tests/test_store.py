@@ -199,6 +199,28 @@ async def test_instance_and_namespace_pins(store: Store) -> None:
     assert state.namespace_pins == [(20, "duo_chat", "claude_sonnet_4_6")]
 
 
+async def test_model_allowlists(store: Store) -> None:
+    """Namespace 0 is the instance's allowlist; a row exists while the allowlist is on, refs in the order given."""
+    async with store.transaction() as tx:
+        assert await tx.get_allowlist(10, "duo_agent_platform_agentic_chat") is None
+        await tx.set_allowlist(10, "duo_agent_platform_agentic_chat", ("b_model", "a_model"))
+        await tx.set_allowlist(20, "duo_agent_platform_agentic_chat", ())  # on, with no refs of its own
+        await tx.set_allowlist(0, "duo_agent_platform_agentic_chat", ("a_model",))
+        await tx.set_allowlist(0, "duo_agent_platform_agentic_chat", ("c_model", "a_model"))  # replaces
+        await tx.set_allowlist(30, "duo_agent_platform_agentic_chat", ("a_model",))
+        await tx.set_allowlist(30, "duo_agent_platform_agentic_chat", None)  # off: forgotten
+        await tx.set_allowlist(40, "duo_agent_platform_agentic_chat", None)  # turning off what is off is fine
+        assert await tx.get_allowlist(10, "duo_agent_platform_agentic_chat") == ("b_model", "a_model")
+        assert await tx.get_allowlist(20, "duo_agent_platform_agentic_chat") == ()
+        assert await tx.get_allowlist(30, "duo_agent_platform_agentic_chat") is None
+    state = await store.load_state()
+    assert sorted(state.allowlists) == [
+        (0, "duo_agent_platform_agentic_chat", ("c_model", "a_model")),
+        (10, "duo_agent_platform_agentic_chat", ("b_model", "a_model")),
+        (20, "duo_agent_platform_agentic_chat", ()),
+    ]
+
+
 async def test_default_namespaces(store: Store) -> None:
     async with store.transaction() as tx:
         assert await tx.get_default_namespace(1) == 0

@@ -40,6 +40,8 @@ class StoredState:
     instance_pins: dict[str, str] = field(default_factory=dict)
     namespace_pins: list[tuple[int, str, str]] = field(default_factory=list)
     api_tokens: dict[str, EncryptedToken] = field(default_factory=dict)
+    # Model allowlists that are on: (namespace_id, 0 for the instance; feature; model refs in the order given).
+    allowlists: list[tuple[int, str, tuple[str, ...]]] = field(default_factory=list)
     # Change records after the version asked for, read in the same consistent view (oldest first, limited).
     changes: list[ChangeRecord] = field(default_factory=list)
 
@@ -173,6 +175,14 @@ class StoreTx(abc.ABC):
 
     @abc.abstractmethod
     async def set_namespace_pin(self, namespace_id: int, feature: str, ref: str | None) -> None: ...
+
+    @abc.abstractmethod
+    async def get_allowlist(self, namespace_id: int, feature: str) -> tuple[str, ...] | None:
+        """A model allowlist's refs (namespace_id 0: the instance's); None when the allowlist is off."""
+
+    @abc.abstractmethod
+    async def set_allowlist(self, namespace_id: int, feature: str, refs: tuple[str, ...] | None) -> None:
+        """Turns an allowlist on with these refs, or off (None), which forgets its refs."""
 
     @abc.abstractmethod
     async def apply_seat_changes(self, changes: Sequence[SeatChange]) -> list[SeatChange]:

@@ -121,4 +121,24 @@ MIGRATIONS += (
     Migration(4, "instance settings: deployment type", sqlite=_INSTANCE_SETTINGS, postgres=_INSTANCE_SETTINGS),
 )
 
+_MODEL_ALLOWLISTS = """
+CREATE TABLE model_allowlists (
+    namespace_id BIGINT NOT NULL,
+    feature TEXT NOT NULL,
+    model_refs_json TEXT NOT NULL,
+    update_time {time} NOT NULL,
+    PRIMARY KEY (namespace_id, feature)
+);
+"""
+MIGRATIONS += (
+    # User model selection: the models users may choose from, per scope (namespace_id 0: the instance) and
+    # user-selectable feature. A row exists while the allowlist is on; turning it off deletes the row.
+    Migration(
+        5,
+        "model allowlists",
+        sqlite=_MODEL_ALLOWLISTS.format(time="TEXT"),
+        postgres=_MODEL_ALLOWLISTS.format(time="TIMESTAMPTZ"),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import json
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -95,6 +96,10 @@ class Statements(NamedTuple):
     namespace_pins: str = "SELECT namespace_id, feature, offered_model_ref FROM namespace_model_selections"
     put_namespace_pin: str = _upsert("namespace_model_selections", "namespace_id, feature", "offered_model_ref")
     delete_namespace_pin: str = "DELETE FROM namespace_model_selections WHERE namespace_id = ? AND feature = ?"
+    allowlist: str = "SELECT model_refs_json FROM model_allowlists WHERE namespace_id = ? AND feature = ?"
+    allowlists: str = "SELECT namespace_id, feature, model_refs_json FROM model_allowlists"
+    put_allowlist: str = _upsert("model_allowlists", "namespace_id, feature", "model_refs_json")
+    delete_allowlist: str = "DELETE FROM model_allowlists WHERE namespace_id = ? AND feature = ?"
     has_seat: str = "SELECT 1 FROM seat_assignments WHERE user_id = ? AND namespace_id = ?"
     default_namespace: str = "SELECT namespace_id FROM user_default_namespaces WHERE user_id = ?"
     put_default_namespace: str = _upsert("user_default_namespaces", "user_id", "namespace_id")
@@ -179,6 +184,10 @@ def read_audit_event(row: Row) -> AuditEvent:
     )
 
 
+def _refs(refs_json: str) -> tuple[str, ...]:
+    return tuple(str(ref) for ref in json.loads(refs_json))
+
+
 def read_setting(feature: str, provider: str, model_id: str | None) -> FeatureSetting:
     return FeatureSetting(feature, FeatureProvider[str(provider).upper()], str(model_id or ""))
 
@@ -236,6 +245,7 @@ class Session(abc.ABC):
         state.instance_pins = {str(r[0]): str(r[1]) for r in await self.rows(self.sql.instance_pins)}
         state.namespace_pins = [(int(r[0]), str(r[1]), str(r[2])) for r in await self.rows(self.sql.namespace_pins)]
         state.api_tokens = await self.encrypted_tokens()
+        state.allowlists = [(int(r[0]), str(r[1]), _refs(r[2])) for r in await self.rows(self.sql.allowlists)]
         if changes_after is not None:
             state.changes = await self.changes_since(changes_after, changes_limit)
         return state
@@ -371,6 +381,16 @@ class SqlTx(Session, StoreTx):
     async def set_namespace_pin(self, namespace_id: int, feature: str, ref: str | None) -> None:
         keys = (namespace_id, feature)
         await self._put_or_delete(self.sql.put_namespace_pin, self.sql.delete_namespace_pin, keys, ref)
+
+    async def get_allowlist(self, namespace_id: int, feature: str) -> tuple[str, ...] | None:
+        row = await self.row(self.sql.allowlist, namespace_id, feature)
+        return _refs(row[0]) if row else None
+
+    async def set_allowlist(self, namespace_id: int, feature: str, refs: tuple[str, ...] | None) -> None:
+        if refs is None:
+            await self.run(self.sql.delete_allowlist, namespace_id, feature)
+        else:
+            await self.run(self.sql.put_allowlist, namespace_id, feature, json.dumps(list(refs)), self.now())
 
     async def user_has_seat(self, user_id: int, namespace_id: int) -> bool:
         return await self.row(self.sql.has_seat, user_id, namespace_id) is not None

@@ -43,7 +43,7 @@ from duo_admin.output import (
     print_table,
     timestamp_label,
 )
-from gitlab.duo.routing.v1 import admin_pb2, types_pb2
+from gitlab.duo.routing.v1 import admin_pb2, routing_pb2, types_pb2
 
 ADDRESS_ENV = "DUO_ADMIN_ADDRESS"
 EXIT_RPC_ERROR = 1
@@ -57,6 +57,7 @@ GRPC_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vso
 LIST_PAGE_SIZE = 1000
 DEFAULT_AUDIT_LIMIT = 50
 DEFAULT_COMPLETE_TIMEOUT_SECONDS = 300.0  # completions stream for a while; other calls are quick
+AGENTIC_CHAT = "duo_agent_platform_agentic_chat"  # user-models' default: today's user-selectable feature
 
 FAMILIES = enum_choices(types_pb2.ModelFamily.DESCRIPTOR)
 PLATFORMS = enum_choices(types_pb2.Platform.DESCRIPTOR)
@@ -323,7 +324,17 @@ def _server_info(clients: Clients, args: argparse.Namespace) -> Output:
 
 
 def _resolve(clients: Clients, args: argparse.Namespace) -> Output:
-    return Record(clients.routing.resolve_model(args.user, args.feature, args.namespace))
+    return Record(clients.routing.resolve_model(args.user, args.feature, args.namespace, args.user_model))
+
+
+def _picker_row(model: routing_pb2.UserSelectableModel) -> list[str]:
+    return [model.identifier, model.name, model.provider, model.cost_indicator]
+
+
+def _user_models(clients: Clients, args: argparse.Namespace) -> Output:
+    response = clients.routing.list_user_selectable_models(args.user, args.feature, args.namespace)
+    table = Table(["MODEL", "NAME", "PROVIDER", "COST"], response.selectable_models, _picker_row)
+    return Record(response, table=table)
 
 
 def _complete(clients: Clients, args: argparse.Namespace) -> None:
@@ -338,6 +349,7 @@ def _complete(clients: Clients, args: argparse.Namespace) -> None:
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         timeout=args.timeout or DEFAULT_COMPLETE_TIMEOUT_SECONDS,
+        user_selected_model=args.user_model,
     )
     for event in events:
         if args.json:
@@ -531,6 +543,51 @@ def _sub_feature_row(item: admin_pb2.ModelSelection | admin_pb2.SkippedSubFeatur
     return [item.feature, "set" if item.offered_model_ref else "cleared", item.effective_model_identifier]
 
 
+def _allowlist_row(selection: admin_pb2.ModelSelection) -> list[str]:
+    allowlist = selection.allowlist
+    scope = f"namespace {selection.namespace_id}" if selection.namespace_id else "instance"
+    return [
+        selection.feature,
+        scope,
+        "on" if allowlist.enabled else "off",
+        selection.offered_model_ref + (" (hard pin)" if selection.hard_pin else ""),
+        ",".join(allowlist.model_refs),
+        ",".join(allowlist.allowed_model_identifiers),
+        ",".join(allowlist.stale_model_refs),
+    ]
+
+
+def _allowlist_show(clients: Clients, args: argparse.Namespace) -> Output:
+    if args.namespace is not None:
+        selections = clients.admin.iter_namespace_model_selections(args.namespace, LIST_PAGE_SIZE)
+    else:
+        selections = clients.admin.iter_instance_model_selections(LIST_PAGE_SIZE)
+    shown = [s for s in selections if s.user_selectable and args.feature in ("", s.feature)]
+    headers = ["FEATURE", "SCOPE", "ALLOWLIST", "PIN", "MODELS", "USERS MAY CHOOSE", "STALE"]
+    return Table(headers, shown, _allowlist_row)
+
+
+def _update_allowlist(args: argparse.Namespace, clients: Clients, enabled: bool) -> Output:
+    refs = args.model if enabled else []
+    response: admin_pb2.UpdateNamespaceModelAllowlistResponse | admin_pb2.UpdateInstanceModelAllowlistResponse
+    if args.namespace is not None:
+        response = clients.admin.update_namespace_model_allowlist(args.namespace, args.feature, enabled, refs)
+    else:
+        response = clients.admin.update_instance_model_allowlist(args.feature, enabled, refs)
+    dropped = Table(
+        ["DROPPED MODEL", "REASON", "WHY"], response.dropped_model_refs, lambda d: [d.model_ref, d.reason, d.message]
+    )
+    return Record(response, table=dropped if response.dropped_model_refs else None)
+
+
+def _allowlist_set(clients: Clients, args: argparse.Namespace) -> Output:
+    return _update_allowlist(args, clients, enabled=True)
+
+
+def _allowlist_clear(clients: Clients, args: argparse.Namespace) -> Output:
+    return _update_allowlist(args, clients, enabled=False)
+
+
 def _catalog(clients: Clients, args: argparse.Namespace) -> Output:
     features = list(clients.admin.iter_selectable_models(args.feature or "", LIST_PAGE_SIZE))
     return Table(
@@ -594,7 +651,7 @@ def _feature_status_row(status: admin_pb2.FeatureRoutingStatus) -> list[str]:
 
 
 def _user_status(clients: Clients, args: argparse.Namespace) -> Output:
-    response = clients.admin.get_user_routing_status(args.user)
+    response = clients.admin.get_user_routing_status(args.user, args.user_model)
     table = Table(
         ["FEATURE", "PROVIDER", "MODEL OR ERROR", "SOURCE", "NAMESPACE"], response.features, _feature_status_row
     )
@@ -742,6 +799,18 @@ def build_parser() -> argparse.ArgumentParser:
     resolve.add_argument(
         "--namespace", type=_id, default=0, help="root namespace the request is about (default: 0, no context)"
     )
+    resolve.add_argument("--user-model", metavar="REF", default="", help="the model the user picked (user_selection)")
+
+    user_models = commands.add(
+        "user-models", "show what a user's model picker offers for a feature (ListUserSelectableModels)", _user_models
+    )
+    user_models.add_argument("--user", type=_id, required=True, help="GitLab user id")
+    user_models.add_argument(
+        "--feature", default=AGENTIC_CHAT, help=f"a user-selectable feature_setting (default: {AGENTIC_CHAT})"
+    )
+    user_models.add_argument(
+        "--namespace", type=_id, default=0, help="root namespace the picker is shown for (default: 0, no context)"
+    )
 
     complete = commands.add(
         "complete", "stream a completion from the model the request routes to (Complete)", _complete
@@ -753,6 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--system", help="a system message sent before it")
     complete.add_argument("--max-tokens", type=_non_negative_int, default=0, help="upper bound on generated tokens")
     complete.add_argument("--temperature", type=float, help="sampling temperature, 0 to 2")
+    complete.add_argument("--user-model", metavar="REF", default="", help="the model the user picked")
 
     test_model = commands.add(
         "test-model", "send a small real request to a self-hosted model and report the outcome", _test_model
@@ -813,6 +883,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_reference(namespace_set)
     _add_pin_options(namespace_set)
 
+    allowlist = _Commands(
+        commands.add(
+            "allowlist",
+            "which models users may choose for a user-selectable feature: a namespace's with --namespace "
+            "(GitLab.com), else the instance's (Dedicated, Self-Managed)",
+        ),
+        "allowlist commands",
+    )
+    scope_help = "top-level namespace id (GitLab.com); without it, the instance's allowlist"
+    allowlist_show = allowlist.add("show", "show the allowlist of every user-selectable feature", _allowlist_show)
+    allowlist_show.add_argument("--namespace", type=_id, help=scope_help)
+    allowlist_show.add_argument("--feature", default="", help="only this feature")
+    allowlist_set = allowlist.add(
+        "set",
+        "turn the allowlist on with these models: users choose among them and the pin (now only a default)",
+        _allowlist_set,
+    )
+    allowlist_set.add_argument("--namespace", type=_id, help=scope_help)
+    allowlist_set.add_argument("--feature", required=True, help="a user-selectable feature_setting name")
+    allowlist_set.add_argument(
+        "--model",
+        metavar="REF",
+        action="append",
+        default=[],
+        help="a model users may choose (repeatable, up to 100); none: only the pin or the default",
+    )
+    allowlist_clear = allowlist.add(
+        "clear", "turn the allowlist off and forget its models (a pin is a hard pin again)", _allowlist_clear
+    )
+    allowlist_clear.add_argument("--namespace", type=_id, help=scope_help)
+    allowlist_clear.add_argument("--feature", required=True, help="a user-selectable feature_setting name")
+
     catalog = commands.add("catalog", "list each feature's default and selectable models", _catalog)
     catalog.add_argument("--feature", help="only this feature")
 
@@ -852,6 +954,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add("user-status", "explain how a user's no-context requests are routed", _user_status)
     status.add_argument("--user", type=_id, required=True, help="GitLab user id")
+    status.add_argument(
+        "--user-model", metavar="REF", default="", help="show what this choice resolves to (user-selectable features)"
+    )
 
     audit = commands.add("audit", "list admin changes, newest first", _audit)
     audit.add_argument("--resource-prefix", default="", help="only resources starting with this, e.g. namespaces/42/")

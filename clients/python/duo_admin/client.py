@@ -277,9 +277,26 @@ class RoutingClient(_SidecarClient):
 
     _stub_class = routing_pb2_grpc.RoutingServiceStub
 
-    def resolve_model(self, user_id: int, feature: str, root_namespace_id: int = 0) -> routing_pb2.ResolveModelResponse:
-        request = routing_pb2.ResolveModelRequest(user_id=user_id, feature=feature, root_namespace_id=root_namespace_id)
+    def resolve_model(
+        self, user_id: int, feature: str, root_namespace_id: int = 0, user_selected_model: str = ""
+    ) -> routing_pb2.ResolveModelResponse:
+        """user_selected_model: the model the user picked; the answer's user_selection says whether it was used."""
+        request = routing_pb2.ResolveModelRequest(
+            user_id=user_id,
+            feature=feature,
+            root_namespace_id=root_namespace_id,
+            user_selected_model=user_selected_model,
+        )
         return self._call(self._stub.ResolveModel, request, routing_pb2.ResolveModelResponse)
+
+    def list_user_selectable_models(
+        self, user_id: int, feature: str, root_namespace_id: int = 0
+    ) -> routing_pb2.ListUserSelectableModelsResponse:
+        """What the user's model picker shows: the default, the models the user may choose, a hard pin."""
+        request = routing_pb2.ListUserSelectableModelsRequest(
+            user_id=user_id, feature=feature, root_namespace_id=root_namespace_id
+        )
+        return self._call(self._stub.ListUserSelectableModels, request, routing_pb2.ListUserSelectableModelsResponse)
 
     def complete(
         self,
@@ -293,6 +310,7 @@ class RoutingClient(_SidecarClient):
         stop_sequences: Sequence[str] = (),
         correlation_id: str = "",
         timeout: float | None = None,
+        user_selected_model: str = "",
     ) -> Iterator[routing_pb2.CompleteResponse]:
         """Streams a completion: the route, then text deltas, then the finished event.
 
@@ -308,6 +326,7 @@ class RoutingClient(_SidecarClient):
             messages=[routing_pb2.ChatMessage(role=role, content=content) for role, content in messages],
             parameters=parameters,
             correlation_id=correlation_id,
+            user_selected_model=user_selected_model,
         )
         deadline = timeout or self.timeout
         try:
@@ -512,9 +531,36 @@ class AdminClient(_SidecarClient):
         request = admin_pb2.SetUserDefaultNamespaceRequest(user_id=user_id, namespace_id=namespace_id)
         return self._call(self._stub.SetUserDefaultNamespace, request, admin_pb2.SetUserDefaultNamespaceResponse)
 
-    def get_user_routing_status(self, user_id: int) -> admin_pb2.GetUserRoutingStatusResponse:
-        request = admin_pb2.GetUserRoutingStatusRequest(user_id=user_id)
+    def get_user_routing_status(
+        self, user_id: int, user_selected_model: str = ""
+    ) -> admin_pb2.GetUserRoutingStatusResponse:
+        """user_selected_model: user-selectable features show what that choice would resolve to."""
+        request = admin_pb2.GetUserRoutingStatusRequest(user_id=user_id, user_selected_model=user_selected_model)
         return self._call(self._stub.GetUserRoutingStatus, request, admin_pb2.GetUserRoutingStatusResponse)
+
+    # -- model allowlists (user model selection) -------------------------------------------------
+
+    def update_namespace_model_allowlist(
+        self, namespace_id: int, feature: str, enabled: bool, model_refs: Sequence[str] = ()
+    ) -> admin_pb2.UpdateNamespaceModelAllowlistResponse:
+        """Turns a namespace's allowlist on with model_refs, or off (enabled False, no refs)."""
+        request = admin_pb2.UpdateNamespaceModelAllowlistRequest(
+            namespace_id=namespace_id, feature=feature, enabled=enabled, model_refs=list(model_refs)
+        )
+        return self._call(
+            self._stub.UpdateNamespaceModelAllowlist, request, admin_pb2.UpdateNamespaceModelAllowlistResponse
+        )
+
+    def update_instance_model_allowlist(
+        self, feature: str, enabled: bool, model_refs: Sequence[str] = ()
+    ) -> admin_pb2.UpdateInstanceModelAllowlistResponse:
+        """Turns the instance's allowlist on with model_refs, or off (enabled False, no refs)."""
+        request = admin_pb2.UpdateInstanceModelAllowlistRequest(
+            feature=feature, enabled=enabled, model_refs=list(model_refs)
+        )
+        return self._call(
+            self._stub.UpdateInstanceModelAllowlist, request, admin_pb2.UpdateInstanceModelAllowlistResponse
+        )
 
     # -- audit and info -------------------------------------------------------------------------
 

@@ -44,24 +44,27 @@ module DuoRouting
     end
 
     # Which model serves feature for user_id. root_namespace_id is the top-level group of the resource the
-    # request is about (nil or 0: none). Returns a Gitlab::Duo::Routing::V1::ResolveModelResponse.
+    # request is about (nil or 0: none). user_selected_model is the model the user picked in the model picker
+    # (nil or "": none): it never makes the request fail, and the answer's user_selection says whether it was
+    # used (:USER_SELECTION_APPLIED, source :SELECTION_SOURCE_USER) or why not (:USER_SELECTION_IGNORED_*).
+    # Returns a Gitlab::Duo::Routing::V1::ResolveModelResponse.
     # Retried once on UNAVAILABLE (ResolveModel has no side effects), within the same deadline.
-    def resolve_model(user_id:, feature:, root_namespace_id: nil, timeout: resolve_timeout)
+    def resolve_model(user_id:, feature:, root_namespace_id: nil, user_selected_model: nil, timeout: resolve_timeout)
       request = V1::ResolveModelRequest.new(user_id: user_id, feature: feature,
-                                            root_namespace_id: root_namespace_id || 0)
-      deadline = Time.now + positive(timeout, "timeout")
-      attempt = 1
-      begin
-        stub.resolve_model(request, deadline: deadline, metadata: call_metadata)
-      rescue GRPC::Unavailable => e
-        raise ErrorMapper.from_grpc(e, address: address, timeout: timeout) unless attempt == 1 && retry_fits?(deadline)
+                                            root_namespace_id: root_namespace_id || 0,
+                                            user_selected_model: user_selected_model.to_s)
+      call_with_one_retry(:resolve_model, request, timeout)
+    end
 
-        attempt += 1
-        sleep(RETRY_DELAY)
-        retry
-      rescue GRPC::BadStatus => e
-        raise ErrorMapper.from_grpc(e, address: address, timeout: timeout)
-      end
+    # What the model picker shows the user for feature (GitLab's aiChatAvailableModels): default_model, the
+    # selectable_models the user may choose (identifier, name, provider, cost_indicator), a hard pinned_model,
+    # user_may_choose, and on GitLab.com the governing namespace or, for a multi-seat user without a default
+    # namespace, candidate_namespace_ids. Returns a Gitlab::Duo::Routing::V1::ListUserSelectableModelsResponse.
+    # Retried once on UNAVAILABLE, like resolve_model.
+    def list_user_selectable_models(user_id:, feature:, root_namespace_id: nil, timeout: resolve_timeout)
+      request = V1::ListUserSelectableModelsRequest.new(user_id: user_id, feature: feature,
+                                                        root_namespace_id: root_namespace_id || 0)
+      call_with_one_retry(:list_user_selectable_models, request, timeout)
     end
 
     # Routes like resolve_model and streams the completion from the chosen model, yielding each text delta
@@ -69,12 +72,15 @@ module DuoRouting
     # input_tokens, output_tokens, usage_estimated).
     # messages: [{ role: "system" | "user" | "assistant", content: String }, ...] or V1::ChatMessage objects.
     # Never retried: the model may already have produced text. Breaking out of the block cancels the call.
+    # user_selected_model: as in resolve_model; the completion's route says what became of it.
     def complete(user_id:, feature:, messages:, root_namespace_id: nil, max_tokens: nil, temperature: nil,
-                 stop_sequences: [], correlation_id: nil, timeout: complete_timeout, &on_text)
+                 stop_sequences: [], correlation_id: nil, user_selected_model: nil, timeout: complete_timeout,
+                 &on_text)
       request = V1::CompleteRequest.new(
         user_id: user_id, feature: feature, root_namespace_id: root_namespace_id || 0,
         messages: messages.map { |m| chat_message(m) }, correlation_id: correlation_id.to_s,
-        parameters: generation_parameters(max_tokens, temperature, stop_sequences)
+        parameters: generation_parameters(max_tokens, temperature, stop_sequences),
+        user_selected_model: user_selected_model.to_s
       )
       stream_completion(request, positive(timeout, "timeout"), CompletionReader.new(on_text))
     end
@@ -100,6 +106,23 @@ module DuoRouting
       metadata = { "authorization" => Token.authorization(@secret, time: Time.at(second)) }.freeze
       @token = [second, metadata].freeze
       metadata
+    end
+
+    # A call without side effects, retried once on UNAVAILABLE within the same deadline.
+    def call_with_one_retry(method, request, timeout)
+      deadline = Time.now + positive(timeout, "timeout")
+      attempt = 1
+      begin
+        stub.public_send(method, request, deadline: deadline, metadata: call_metadata)
+      rescue GRPC::Unavailable => e
+        raise ErrorMapper.from_grpc(e, address: address, timeout: timeout) unless attempt == 1 && retry_fits?(deadline)
+
+        attempt += 1
+        sleep(RETRY_DELAY)
+        retry
+      rescue GRPC::BadStatus => e
+        raise ErrorMapper.from_grpc(e, address: address, timeout: timeout)
+      end
     end
 
     def retry_fits?(deadline)
