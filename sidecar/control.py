@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 from sidecar.catalog import Catalog, FeatureInfo
 from sidecar.domain import (
+    AuditEvent,
     Change,
     ChangeKind,
     DeploymentType,
@@ -36,6 +37,7 @@ from sidecar.impact import (
     scope_impact,
     sub_features,
 )
+from sidecar.paging import INT_KEY, INT_PAIR_KEY, decode_token, encode_token
 from sidecar.pipeline import Audit, ChangePipeline, Staged
 from sidecar.policy import feature_info
 from sidecar.snapshot import Snapshot
@@ -49,6 +51,7 @@ MAX_ENDPOINT_LENGTH = 2048
 MAX_API_TOKEN_LENGTH = 8192
 MAX_SEAT_CHANGES_PER_BATCH = 10_000
 GITLAB_MANAGED_MODEL_UNREACHABLE = "GITLAB_MANAGED_MODEL_UNREACHABLE"
+MAX_RESOURCE_PREFIX_LENGTH = 255
 SELF_HOSTED_FIELDS = ("name", "family", "platform", "endpoint", "identifier", "api_token")
 
 
@@ -174,6 +177,23 @@ class SelectionUpdate:
     validate_only: bool
 
 
+def self_hosted_mask(mask: Sequence[str]) -> list[str]:
+    """The fields an UpdateSelfHostedModel changes: the update_mask checked, "*" meaning every updatable field."""
+    paths = list(SELF_HOSTED_FIELDS) if list(mask) == ["*"] else list(mask)
+    if not paths:
+        raise invalid_argument(
+            "update_mask",
+            f"update_mask is required: name the fields to change ({', '.join(SELF_HOSTED_FIELDS)})",
+        )
+    for path in paths:
+        if path not in SELF_HOSTED_FIELDS:
+            raise invalid_argument(
+                "update_mask",
+                f"cannot update '{path}'; updatable fields: {', '.join(SELF_HOSTED_FIELDS)}",
+            )
+    return paths
+
+
 class AdminCommands:
     def __init__(self, pipeline: ChangePipeline, endpoints: EndpointPolicy) -> None:
         self.pipeline = pipeline
@@ -226,6 +246,31 @@ class AdminCommands:
             )
 
     # -- self-hosted models ------------------------------------------------------------------------
+
+    async def list_seat_assignments(
+        self, user_id: int, namespace_id: int, size: int, page_token: str
+    ) -> tuple[list[tuple[int, int]], str]:
+        """One page of assigned seats (user, namespace) and the next page's token ("" on the last page)."""
+        self.require_deployment(SEAT_ASSIGNMENTS)
+        if user_id < 0 or namespace_id < 0:
+            field = "user_id" if user_id < 0 else "namespace_id"
+            raise invalid_argument(field, f"{field} must be positive, or 0 for any")
+        scope = f"seatAssignments/{user_id}/{namespace_id}"
+        after = decode_token(page_token, scope, INT_PAIR_KEY)
+        rows = await self.state.store.list_seat_assignments(user_id, namespace_id, after, size + 1)
+        return rows[:size], encode_token(rows[size - 1], scope) if len(rows) > size else ""
+
+    async def list_audit_events(self, resource_prefix: str, size: int, page_token: str) -> tuple[list[AuditEvent], str]:
+        """One page of audit events, newest first, and the next page's token ("" on the last page)."""
+        if len(resource_prefix) > MAX_RESOURCE_PREFIX_LENGTH or not resource_prefix.isprintable():
+            raise invalid_argument(
+                "resource_prefix",
+                f"resource_prefix must be printable, at most {MAX_RESOURCE_PREFIX_LENGTH} characters",
+            )
+        scope = f"auditEvents/{resource_prefix}"
+        before = decode_token(page_token, scope, INT_KEY)
+        events = await self.state.store.list_audit_events(resource_prefix, before, size + 1)
+        return events[:size], encode_token(events[size - 1].id, scope) if len(events) > size else ""
 
     def get_self_hosted_model(self, model_id: str) -> SelfHostedModel:
         if not model_id or len(model_id) > MAX_ID_LENGTH:
@@ -331,18 +376,7 @@ class AdminCommands:
     ) -> tuple[SelfHostedModel, int]:
         self.require_deployment(SELF_HOSTED_MODELS)
         current = self.get_self_hosted_model(model_id)
-        paths = list(SELF_HOSTED_FIELDS) if list(mask) == ["*"] else list(mask)
-        if not paths:
-            raise invalid_argument(
-                "update_mask",
-                f"update_mask is required: name the fields to change ({', '.join(SELF_HOSTED_FIELDS)})",
-            )
-        for path in paths:
-            if path not in SELF_HOSTED_FIELDS:
-                raise invalid_argument(
-                    "update_mask",
-                    f"cannot update '{path}'; updatable fields: {', '.join(SELF_HOSTED_FIELDS)}",
-                )
+        paths = self_hosted_mask(mask)
         merged = SelfHostedModelInput(
             name=fields.name if "name" in paths else current.name,
             family=fields.family if "family" in paths else current.family,

@@ -645,3 +645,31 @@ def user_choices(
         governing_namespace_id=governing,
         candidate_namespace_ids=candidates,
     )
+
+
+class FeatureStatus(NamedTuple):
+    """How one feature resolves for a user's no-context request (GetUserRoutingStatus), for support staff."""
+
+    feature: str
+    resolution: Resolution | None  # None when the request fails: error_reason and error_message say why
+    error_reason: str
+    error_message: str
+    user_selectable: bool
+    allowed_choices: tuple[str, ...]  # user-selectable features: the models this user may choose
+
+
+def routing_status(
+    snapshot: Snapshot, user_id: int, user: UserRouting, user_selected_model: str = ""
+) -> list[FeatureStatus]:
+    """Every feature's no-context answer for the user, with `user_selected_model` applied where users choose."""
+    statuses = []
+    for name, info in snapshot.catalog.features.items():
+        choice = user_selected_model if info.user_selectable else ""
+        resolution, reason, message = None, "", ""
+        try:
+            resolution = resolve(snapshot, user_id, name, 0, user, choice)
+        except DuoError as error:
+            reason, message = error.reason, error.message
+        allowed = user_choices(snapshot, user_id, name, 0, user).allowed if info.user_selectable else ()
+        statuses.append(FeatureStatus(name, resolution, reason, message, info.user_selectable, allowed))
+    return statuses

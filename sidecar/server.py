@@ -290,7 +290,9 @@ class Sidecar:
                 ),
                 (
                     admin_pb2_grpc.add_AdminServiceServicer_to_server,
-                    AdminServicer(AdminCommands(self.pipeline, endpoints), self.refresher, self.store.backend_name),
+                    AdminServicer(
+                        AdminCommands(self.pipeline, endpoints), self.refresher, self.completer, self.store.backend_name
+                    ),
                 ),
                 (health_pb2_grpc.add_HealthServicer_to_server, self.health),
                 (

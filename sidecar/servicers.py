@@ -22,12 +22,12 @@ from sidecar.control import (
     FEATURE_SETTINGS,
     INSTANCE_SELECTIONS,
     NAMESPACE_SELECTIONS,
-    SEAT_ASSIGNMENTS,
     SELF_HOSTED_MODELS,
     AdminCommands,
     AllowlistUpdate,
     SelectionUpdate,
     SelfHostedModelInput,
+    self_hosted_mask,
 )
 from sidecar.domain import (
     AuditEvent,
@@ -42,7 +42,7 @@ from sidecar.domain import (
 from sidecar.errors import DuoError, invalid_argument
 from sidecar.impact import SelectionImpact
 from sidecar.metrics import Metrics, error_outcome, interrupted_outcome
-from sidecar.paging import INT_KEY, INT_PAIR_KEY, STR_KEY, STR_PAIR_KEY, decode_token, encode_token, page_size, paginate
+from sidecar.paging import STR_KEY, STR_PAIR_KEY, page_size, paginate
 from sidecar.snapshot import Snapshot
 from sidecar.state import ConfigState
 from sidecar.upstream.base import TextDelta
@@ -52,7 +52,6 @@ log = logging.getLogger(__name__)
 
 ACTOR_METADATA_KEY = "x-duo-actor"
 MAX_ACTOR_LENGTH = 255
-MAX_RESOURCE_PREFIX_LENGTH = 255
 
 E = TypeVar("E", bound=IntEnum)
 PinResponse = TypeVar(
@@ -336,17 +335,20 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, control: AdminCommands, refresher: CatalogRefresher, storage_backend: str) -> None:
+    def __init__(
+        self, control: AdminCommands, refresher: CatalogRefresher, completer: Completer, storage_backend: str
+    ) -> None:
         self._control = control
         self._refresher = refresher
+        self._completer = completer
         self._storage_backend = storage_backend
         self._start_time = time.time()
 
     # -- self-hosted models ---------------------------------------------------------------------
 
     def _model_input(self, model: admin_pb2.SelfHostedModel, mask: list[str] | None) -> SelfHostedModelInput:
-        def needed(name: str) -> bool:
-            return mask is None or name in mask or mask == ["*"]
+        def needed(name: str) -> bool:  # mask: the checked paths (self_hosted_mask); None: every field
+            return mask is None or name in mask
 
         return SelfHostedModelInput(
             name=model.name,
@@ -396,7 +398,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def UpdateSelfHostedModel(
         self, request: admin_pb2.UpdateSelfHostedModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.UpdateSelfHostedModelResponse:
-        mask = list(request.update_mask.paths)
+        mask = self_hosted_mask(request.update_mask.paths)
         model, version = await self._control.update_self_hosted_model(
             _actor(context),
             request.self_hosted_model.id,
@@ -657,7 +659,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.TestSelfHostedModelRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.TestSelfHostedModelResponse:
         model = self._control.get_self_hosted_model(request.id)
-        result = await self._refresher.completer.test_model(model)
+        result = await self._completer.test_model(model)
         return admin_pb2.TestSelfHostedModelResponse(
             success=result.success,
             latency_ms=result.latency_ms,
@@ -694,21 +696,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListSeatAssignments(
         self, request: admin_pb2.ListSeatAssignmentsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListSeatAssignmentsResponse:
-        self._control.require_deployment(SEAT_ASSIGNMENTS)
-        if request.user_id < 0 or request.namespace_id < 0:
-            field = "user_id" if request.user_id < 0 else "namespace_id"
-            raise invalid_argument(field, f"{field} must be positive, or 0 for any")
-        size = page_size(request.page_size)
-        scope = f"seatAssignments/{request.user_id}/{request.namespace_id}"
-        after = decode_token(request.page_token, scope, INT_PAIR_KEY)
-        rows = await self._control.state.store.list_seat_assignments(
-            request.user_id, request.namespace_id, after, size + 1
+        rows, token = await self._control.list_seat_assignments(
+            request.user_id, request.namespace_id, page_size(request.page_size), request.page_token
         )
-        token = encode_token(rows[size - 1], scope) if len(rows) > size else ""
         return admin_pb2.ListSeatAssignmentsResponse(
-            seat_assignments=[
-                admin_pb2.SeatAssignment(user_id=u, namespace_id=n, assigned=True) for u, n in rows[:size]
-            ],
+            seat_assignments=[admin_pb2.SeatAssignment(user_id=u, namespace_id=n, assigned=True) for u, n in rows],
             next_page_token=token,
         )
 
@@ -728,22 +720,18 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         user = await self._control.state.user_routing(request.user_id)
         snapshot = self._control.snapshot
         defaults = policy.user_defaults(user)
-        features = []
-        for name, info in snapshot.catalog.features.items():
-            status = admin_pb2.FeatureRoutingStatus(feature=name, user_selectable=info.user_selectable)
-            choice = request.user_selected_model if info.user_selectable else ""
-            try:
-                status.resolution.CopyFrom(
-                    resolution_to_proto(policy.resolve(snapshot, request.user_id, name, 0, user, choice))
-                )
-            except DuoError as error:
-                status.error_reason = error.reason
-                status.error_message = error.message
-            if info.user_selectable:
-                choices = policy.user_choices(snapshot, request.user_id, name, 0, user)
-                status.user_may_choose = choices.may_choose
-                status.user_selectable_model_identifiers.extend(choices.allowed)
-            features.append(status)
+        features = [
+            admin_pb2.FeatureRoutingStatus(
+                feature=status.feature,
+                resolution=resolution_to_proto(status.resolution) if status.resolution else None,
+                error_reason=status.error_reason,
+                error_message=status.error_message,
+                user_selectable=status.user_selectable,
+                user_may_choose=bool(status.allowed_choices),
+                user_selectable_model_identifiers=status.allowed_choices,
+            )
+            for status in policy.routing_status(snapshot, request.user_id, user, request.user_selected_model)
+        ]
         return admin_pb2.GetUserRoutingStatusResponse(
             user_id=request.user_id,
             seat_namespace_ids=sorted(defaults.seats),
@@ -759,18 +747,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListAuditEvents(
         self, request: admin_pb2.ListAuditEventsRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListAuditEventsResponse:
-        if len(request.resource_prefix) > MAX_RESOURCE_PREFIX_LENGTH or not request.resource_prefix.isprintable():
-            raise invalid_argument(
-                "resource_prefix",
-                f"resource_prefix must be printable, at most {MAX_RESOURCE_PREFIX_LENGTH} characters",
-            )
-        size = page_size(request.page_size)
-        scope = f"auditEvents/{request.resource_prefix}"
-        before = decode_token(request.page_token, scope, INT_KEY)
-        events = await self._control.state.store.list_audit_events(request.resource_prefix, before, size + 1)
-        token = encode_token(events[size - 1].id, scope) if len(events) > size else ""
+        events, token = await self._control.list_audit_events(
+            request.resource_prefix, page_size(request.page_size), request.page_token
+        )
         return admin_pb2.ListAuditEventsResponse(
-            audit_events=[_audit_to_proto(e) for e in events[:size]], next_page_token=token
+            audit_events=[_audit_to_proto(e) for e in events], next_page_token=token
         )
 
     async def GetServerInfo(
