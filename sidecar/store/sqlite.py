@@ -135,6 +135,20 @@ class SQLiteTx(_SQLite, SqlTx):
         return effective
 
 
+async def _despite_fresh_file_lock(db: aiosqlite.Connection, sql: str, deadline: float) -> None:
+    """Runs `sql`, retrying "database is locked" until `deadline`: while another process turns a fresh file to WAL,
+    SQLite answers that at once instead of waiting for busy_timeout, so sidecars starting together on a new file
+    (both the journal mode switch and the first write transaction) retry for a while."""
+    while True:
+        try:
+            await db.execute(sql)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
 class SQLiteStore(Store):
     backend_name = "sqlite"
 
@@ -161,26 +175,17 @@ class SQLiteStore(Store):
         self._file_lock.acquire(exclusive=False)
         try:
             self._writer = await self._connect()
-            await self._writer.execute("PRAGMA journal_mode = WAL")
-            await self._migrate(self._writer)
+            deadline = asyncio.get_running_loop().time() + 10
+            await _despite_fresh_file_lock(self._writer, "PRAGMA journal_mode = WAL", deadline)
+            await self._migrate(self._writer, deadline)
             self._reader = await self._connect()
             self._file_id = _file_id(self.path)
         except BaseException:
             await self.close()  # releases the lock and any connection already opened
             raise
 
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        # While another process turns a fresh file to WAL, SQLite answers "database is locked" at once instead of
-        # waiting for busy_timeout: several sidecars starting together on a new file retry for a while.
-        deadline = asyncio.get_running_loop().time() + 10
-        while True:
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
+    async def _migrate(self, db: aiosqlite.Connection, deadline: float) -> None:
+        await _despite_fresh_file_lock(db, "BEGIN IMMEDIATE", deadline)
         try:
             await db.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
