@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from gitlab.duo.routing.v1 import admin_pb2, admin_pb2_grpc, routing_pb2, routing_pb2_grpc
 from tests.helpers import SidecarProcess, free_port
@@ -103,3 +105,18 @@ def through(proxy: TcpProxy, dsn: str) -> str:
     url = urlsplit(dsn)
     user = f"{url.username}@" if url.username else ""
     return urlunsplit((url.scheme, f"{user}127.0.0.1:{proxy.port}", url.path, url.query, url.fragment))
+
+
+def workers_up(metrics_address: str) -> set[str]:
+    """The workers whose metrics the supervisor scraped (the ones that are up)."""
+    try:
+        with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return set()
+    return {
+        sample.labels["worker"]
+        for family in text_string_to_metric_families(text)
+        if family.name == "duo_routing_config_version"
+        for sample in family.samples
+    }

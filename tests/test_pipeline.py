@@ -5,6 +5,7 @@ stops writes but not routing."""
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from sidecar.store.migrations import LATEST_VERSION
 from sidecar.tokens import Keyring
 from sidecar.users import UserRouting
 from tests.conftest import Backend
-from tests.fleet import Client, config_for, fresh_postgres, model_of, wait_for
+from tests.fleet import Client, config_for, fresh_postgres, model_of, wait_for, workers_up
 from tests.helpers import error_details, run_sidecar
 
 SEATS = Change(ChangeKind.SEAT_ASSIGNMENTS)
@@ -139,6 +140,11 @@ def workers_sidecar(tmp_path: Path, storage: str) -> Iterator[Client]:
     config, port = config_for(tmp_path / "node", storage, tmp_path / "token.key")
     config.write_text(config.read_text().replace("[server]\n", "[server]\nworkers = 2\n"))
     with run_sidecar(config, port) as supervisor:
+        # Health answers as soon as one worker serves; an admin call waits for every running worker, so the test
+        # starts once both are up (a worker still starting counts as running and would be waited for).
+        metrics = re.search(r'\[metrics\]\nlisten = "([^"]+)"', config.read_text())
+        assert metrics is not None
+        wait_for(lambda: workers_up(metrics.group(1)) == {"0", "1"}, 30)
         client = Client(supervisor)
         try:
             yield client

@@ -9,15 +9,13 @@ import signal
 import sqlite3
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from sidecar.config import load_config
 from sidecar.store.migrations import LATEST_VERSION
+from tests.fleet import workers_up
 from tests.helpers import BIN, SidecarProcess, free_port, run_sidecar, wait_serving, write_config
 
 
@@ -97,21 +95,6 @@ def _worker_pids(sidecar: SidecarProcess, index: int) -> list[int]:
     ]
 
 
-def _metric_workers(metrics_address: str) -> set[str]:
-    """The workers whose metrics the supervisor scraped (the ones that are up)."""
-    try:
-        with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=5) as response:
-            text = response.read().decode()
-    except OSError:
-        return set()
-    return {
-        sample.labels["worker"]
-        for family in text_string_to_metric_families(text)
-        if family.name == "duo_routing_config_version"
-        for sample in family.samples
-    }
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -128,7 +111,7 @@ def test_a_crashed_worker_is_restarted_with_a_growing_delay(tmp_path: Path) -> N
     config.write_text(config.read_text().replace("[server]\n", "[server]\nworkers = 2\n"))
     metrics = load_config(config, environ={}).metrics.listen
     with run_sidecar(config, port) as sidecar:
-        wait_for(lambda: _metric_workers(metrics) == {"0", "1"}, 20)  # both workers up
+        wait_for(lambda: workers_up(metrics) == {"0", "1"}, 20)  # both workers up
         [first] = _worker_pids(sidecar, 0)
         environment = dict(
             entry.split("=", 1) for entry in Path(f"/proc/{first}/environ").read_text().split("\0") if "=" in entry
@@ -142,14 +125,14 @@ def test_a_crashed_worker_is_restarted_with_a_growing_delay(tmp_path: Path) -> N
         second = wait_for(lambda: _worker_pids(sidecar, 0)[1:2], 15)[0]
         assert second != first and _alive(second)
         assert f"worker 0 (pid {first}) exited with status -9; restarting in 1 s" in sidecar.logs()
-        wait_for(lambda: _metric_workers(metrics) == {"0", "1"}, 20)  # the new worker serves
+        wait_for(lambda: workers_up(metrics) == {"0", "1"}, 20)  # the new worker serves
         wait_serving(sidecar.address, timeout=5)
 
         # It crashes again at once: the next restart waits longer.
         os.kill(second, signal.SIGKILL)
         third = wait_for(lambda: _worker_pids(sidecar, 0)[2:3], 15)[0]
         assert f"worker 0 (pid {second}) exited with status -9; restarting in 2 s" in sidecar.logs()
-        wait_for(lambda: _metric_workers(metrics) == {"0", "1"}, 20)
+        wait_for(lambda: workers_up(metrics) == {"0", "1"}, 20)
         wait_serving(sidecar.address, timeout=5)
         assert sidecar.process.poll() is None
         assert _worker_pids(sidecar, 1)[1:] == []  # the other worker kept running throughout
