@@ -14,9 +14,11 @@ from sidecar.state import ConfigState
 
 log = logging.getLogger(__name__)
 
+RETRY_SECONDS = 1.0  # after a failed catch-up: the signal that asked for it will not come again
+
 
 class ChangeFollower:
-    def __init__(self, state: ConfigState, poll_seconds: float = 1.0) -> None:
+    def __init__(self, state: ConfigState, poll_seconds: float) -> None:
         self.state = state
         self.poll_seconds = poll_seconds
         self._signal = asyncio.Event()
@@ -31,7 +33,7 @@ class ChangeFollower:
         """Catches up on every signal, and at least every poll interval as a safety net."""
         while True:
             try:
-                async with asyncio.timeout(self.poll_seconds):
+                async with asyncio.timeout(self.poll_seconds if self.connected else RETRY_SECONDS):
                     await self._signal.wait()
             except TimeoutError:
                 pass

@@ -212,7 +212,7 @@ class Sidecar:
         self.state = state
         # Workers apply a change by reading it from the store: as long to wait for them as for the store.
         self.pipeline = ChangePipeline(state, self.board, self.config.storage.timeout_seconds)
-        self.follower = ChangeFollower(state)
+        self.follower = ChangeFollower(state, self.store.follow_poll_seconds)
         state.on_schema_too_new = self._schema_too_new
         if self.board is not None:
             state.on_version = self.board.publish

@@ -219,6 +219,9 @@ class StoreTx(abc.ABC):
 
 class Store(abc.ABC):
     backend_name: str
+    # How often a follower catches up unasked: the safety net for a watch that can miss a change (LISTEN while
+    # its connection is down). Backends whose watch misses nothing set it longer: each wake-up costs CPU.
+    follow_poll_seconds: float = 1.0
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -32,6 +33,8 @@ from sidecar.store.base import (
 from sidecar.store.migrations import LATEST_VERSION, MIGRATIONS
 from sidecar.store.sql import SQLITE, Session, SqlTx
 from sidecar.users import UserRouting
+
+log = logging.getLogger(__name__)
 
 _SQL_VARIABLES_PER_QUERY = 500
 
@@ -151,6 +154,7 @@ async def _despite_fresh_file_lock(db: aiosqlite.Connection, sql: str, deadline:
 
 class SQLiteStore(Store):
     backend_name = "sqlite"
+    follow_poll_seconds = 10.0  # watch() misses no commit: data_version moves with every one
 
     def __init__(self, path: Path, *, timeout_seconds: float = 5.0) -> None:
         self.path = path
@@ -306,17 +310,38 @@ class SQLiteStore(Store):
         return await _SQLite(self._read_db()).changes_since(version, limit)
 
     async def watch(self, on_change: Callable[[], None], interval_seconds: float = WATCH_INTERVAL_SECONDS) -> None:
-        """Calls on_change when another connection (process) commits: PRAGMA data_version moves then."""
-        async with aiosqlite.connect(self.path) as db:
-            seen = None
+        """Calls on_change when another connection (process) commits: PRAGMA data_version moves then.
+
+        Polled on the event loop with a plain sqlite3 connection that never waits for a lock (timeout 0): the
+        pragma reads SQLite's shared-memory WAL index, a few microseconds, where a trip through aiosqlite's thread
+        and back five times a second was most of an idle sidecar's CPU. The value is per connection, so after an
+        error (a busy lock included) the connection is opened afresh and on_change called: a change may have been
+        missed."""
+        connection: sqlite3.Connection | None = None
+        seen: int | None = None
+        failing = False
+        try:
             while True:
-                async with db.execute("PRAGMA data_version") as cursor:
-                    row = await cursor.fetchone()
-                current = int(row[0]) if row else 0
-                if seen is not None and current != seen:
-                    on_change()
-                seen = current
+                try:
+                    if connection is None:
+                        connection = sqlite3.connect(self.path, timeout=0, check_same_thread=False)
+                    row = connection.execute("PRAGMA data_version").fetchone()
+                except sqlite3.Error as exc:
+                    if not failing:
+                        log.warning("cannot watch %s for changes by other processes (%s); retrying", self.path, exc)
+                    failing = True
+                    if connection is not None:
+                        connection.close()
+                    connection, seen = None, None
+                else:
+                    current = int(row[0]) if row else 0
+                    if failing or (seen is not None and current != seen):
+                        on_change()
+                    failing, seen = False, current
                 await asyncio.sleep(interval_seconds)
+        finally:
+            if connection is not None:
+                connection.close()
 
     async def list_audit_events(self, resource_prefix: str, before_id: int | None, limit: int) -> list[AuditEvent]:
         return await _SQLite(self._read_db()).list_audit_events(resource_prefix, before_id, limit)
