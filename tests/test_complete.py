@@ -693,3 +693,23 @@ async def test_an_endpoint_refused_at_connection_time_says_endpoint_not_allowed(
     for _ in range(sidecar.config.upstream.circuit_failure_threshold):
         details, _ = await failure(sidecar.routing.Complete(complete_request()))
         assert details.reason == "ENDPOINT_NOT_ALLOWED"
+
+
+async def test_a_token_that_is_not_unicode_is_a_protocol_error(start_server: StartServer) -> None:
+    """JSON can spell a lone surrogate ("\\ud800"), which no gRPC string can carry: the upstream broke the protocol,
+    and the caller hears that (UNAVAILABLE, UPSTREAM_PROTOCOL_ERROR), never INTERNAL."""
+    chunk = '{"choices": [{"index": 0, "delta": {"content": "ok \\ud800"}, "finish_reason": null}]}'
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse(f"data: {chunk}", "data: [DONE]"))
+        await response.write_eof()
+        return response
+
+    async with serve_handler(handler) as url:
+        sidecar = await start_server("self_managed", env=FAST)
+        await model_at(sidecar, f"{url}/v1")
+        details, _ = await failure(sidecar.routing.Complete(complete_request()))
+    assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_PROTOCOL_ERROR")
+    assert "invalid JSON" in details.message

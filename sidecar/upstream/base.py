@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import codecs
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from sidecar.errors import DuoError, ErrorCode
 
@@ -230,7 +231,7 @@ class OpenAIStream:
         """The generated text one SSE line carries ('' for none); records finish reason, usage and [DONE]."""
         if raw.startswith(b"data: {"):  # the usual line: parsed straight from bytes
             try:
-                chunk = json.loads(raw[6:])
+                chunk = orjson.loads(memoryview(raw)[6:])
             except ValueError:
                 pass  # the general path below reports it
             else:
@@ -247,8 +248,8 @@ class OpenAIStream:
             self.done = True
             return ""
         try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
             raise malformed(request, f"invalid JSON {request.redact(data, 80)!r}") from None
         if not isinstance(chunk, dict):
             raise malformed(request, "a chunk is not a JSON object")
