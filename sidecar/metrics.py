@@ -275,34 +275,62 @@ class FastCounter(Collector):
         yield family
 
 
-class UpstreamCall:
-    """Measures one Complete's trip to its upstream; the servicer reports what happened."""
+class _UpstreamSeries:
+    """The series one (provider, model, gen_ai provider) counts in, each looked up once: prometheus_client's
+    labels() validates and takes a lock on every call, six times per Complete otherwise."""
 
-    __slots__ = ("_gen_ai", "_metrics", "_model", "_provider")
+    __slots__ = ("_by_error_type", "_by_outcome", "_gen_ai", "_metrics", "_route", "first_token", "input_tokens",
+                 "output_tokens", "overhead")  # fmt: skip
 
     def __init__(self, metrics: Metrics, provider: str, model: str, gen_ai_provider: str) -> None:
         self._metrics = metrics
-        self._provider = provider
-        self._model = model
+        self._route = (provider, model)
         self._gen_ai = ("chat", gen_ai_provider, model)
+        self.first_token = metrics.upstream_ttft.labels(provider, model)
+        self.input_tokens = metrics.genai_tokens.labels(*self._gen_ai, "input")
+        self.output_tokens = metrics.genai_tokens.labels(*self._gen_ai, "output")
+        self.overhead = metrics.overhead.labels(provider)
+        # Outcomes (error reasons) and error types (gRPC code names) are bounded label sets.
+        self._by_outcome: dict[str, Any] = {}
+        self._by_error_type: dict[str, Any] = {}
+
+    def requests(self, outcome: str) -> Any:
+        child = self._by_outcome.get(outcome)
+        if child is None:
+            child = self._by_outcome[outcome] = self._metrics.upstream_requests.labels(*self._route, outcome)
+        return child
+
+    def duration(self, error_type: str) -> Any:
+        child = self._by_error_type.get(error_type)
+        if child is None:
+            child = self._by_error_type[error_type] = self._metrics.genai_duration.labels(*self._gen_ai, error_type)
+        return child
+
+
+class UpstreamCall:
+    """Measures one Complete's trip to its upstream; the servicer reports what happened."""
+
+    __slots__ = ("_series",)
+
+    def __init__(self, series: _UpstreamSeries) -> None:
+        self._series = series
 
     def first_token(self, seconds: float) -> None:
-        self._metrics.upstream_ttft.labels(self._provider, self._model).observe(seconds)
+        self._series.first_token.observe(seconds)
 
     def usage(self, input_tokens: int, output_tokens: int) -> None:
-        tokens = self._metrics.genai_tokens
-        tokens.labels(*self._gen_ai, "input").observe(input_tokens)
-        tokens.labels(*self._gen_ai, "output").observe(output_tokens)
+        self._series.input_tokens.observe(input_tokens)
+        self._series.output_tokens.observe(output_tokens)
 
     def done(
         self, outcome: str, error_type: str, upstream_seconds: float, handler_seconds: float, waited: float
     ) -> None:
         """outcome: ok, cancelled, deadline_exceeded or the error reason (lower case); error_type: a gRPC code name
         or "" on success; waited: seconds spent waiting on the upstream, the rest of handler_seconds is ours."""
-        m = self._metrics
-        m.upstream_requests.labels(self._provider, self._model, outcome).inc()
-        m.genai_duration.labels(*self._gen_ai, error_type).observe(upstream_seconds)
-        m.overhead.labels(self._provider).observe(max(0.0, handler_seconds - waited))
+        series = self._series
+        series.requests(outcome).inc()
+        series.duration(error_type).observe(upstream_seconds)
+        series.overhead.observe(max(0.0, handler_seconds - waited))
 
 
 def outcome_label(reason: str) -> str:
@@ -445,6 +473,7 @@ class Metrics:
         )
 
         self._resolution_children: dict[tuple[str, Any, Any], Count] = {}
+        self._upstream_series: dict[tuple[str, str, str], _UpstreamSeries] = {}
         self._gauges = _Gauges()
         registry.register(self._gauges)
 
@@ -467,6 +496,8 @@ class Metrics:
         features, models = frozenset(features), frozenset(models)
         if features != self._features:
             self._resolution_children.clear()  # children were chosen under the old label set
+        if models != self._models:
+            self._upstream_series.clear()  # keeps the cache as small as the label set
         self._features, self._models = features, models
 
     # -- labels ----------------------------------------------------------------------------------------
@@ -520,7 +551,11 @@ class Metrics:
     def upstream_call(self, provider: str, model: str, gen_ai_provider: str) -> UpstreamCall:
         """One Complete's trip: provider (gitlab_ai_gateway, self_hosted), the model's identifier (an unknown one
         is counted as other) and the OpenTelemetry gen_ai.provider.name."""
-        return UpstreamCall(self, provider, self.model_label(model), gen_ai_provider)
+        key = (provider, self.model_label(model), gen_ai_provider)
+        series = self._upstream_series.get(key)
+        if series is None:  # bounded: providers x (catalog models and "other") x gen_ai providers
+            series = self._upstream_series[key] = _UpstreamSeries(self, *key)
+        return UpstreamCall(series)
 
 
 class _Gauges(Collector):
