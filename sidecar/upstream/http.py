@@ -139,6 +139,7 @@ class _Connection(asyncio.Protocol):
         "error",
         "expecting",
         "head_bytes",
+        "header_bytes",
         "headers_done",
         "idle_since",
         "informational",
@@ -163,6 +164,7 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.status = 0
         self.head_bytes = 0
+        self.header_bytes = 0
         self.headers_done = False
         self.informational = False
         self.delimited = False
@@ -227,6 +229,7 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ----------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
         name = name.lower()
         if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
             self.delimited = True
@@ -236,7 +239,11 @@ class _Connection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:  # 100 Continue and the like: the real answer follows
             self.informational = True
             self.head_bytes = 0
+            self.header_bytes = 0
             self.delimited = False
+            return
+        if self.header_bytes > MAX_HEAD_BYTES:  # the whole head came in one read
+            self.fail(ConnectionBroken(f"the response head is longer than {MAX_HEAD_BYTES} bytes"))
             return
         self.status = status
         self.headers_done = True
@@ -288,6 +295,7 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.status = 0
         self.head_bytes = 0
+        self.header_bytes = 0
         self.headers_done = False
         self.delimited = False
         self.complete = False
