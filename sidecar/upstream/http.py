@@ -144,6 +144,7 @@ class _Connection(asyncio.Protocol):
         "idle_since",
         "informational",
         "keep_alive",
+        "on_body",
         "on_drained",
         "paused",
         "received",
@@ -156,10 +157,13 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self.chunks: list[bytes] = []  # the body bytes not yet read; always this list
+        # httptools' on_body callback, one per body piece (a chunk of a chunked body): straight into the list, no
+        # Python frame per piece. data_received does the rest once per read.
+        self.on_body = self.chunks.append
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[None] | None = None
-        self.chunks: list[bytes] = []
         self.buffered = 0
         self.paused = False
         self.status = 0
@@ -204,8 +208,23 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.fail(ConnectionBroken(f"malformed HTTP response ({type(exc).__name__}: {exc})"))
             return
-        if not self.headers_done and self.head_bytes > MAX_HEAD_BYTES:
-            self.fail(ConnectionBroken(f"the response head is longer than {MAX_HEAD_BYTES} bytes"))
+        if not self.headers_done:
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self.fail(ConnectionBroken(f"the response head is longer than {MAX_HEAD_BYTES} bytes"))
+        elif self.chunks:
+            if self.draining:
+                self.chunks.clear()
+                self.drained += len(data)
+                if self.drained > DRAIN_BYTES:
+                    self.abort()
+                return
+            self.buffered += len(data)
+            waiter = self.waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            if self.buffered > READ_BUFFER_BYTES and not self.paused and self.transport is not None:
+                self.paused = True
+                self.transport.pause_reading()
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes itself; connection_lost says what that means
@@ -249,21 +268,6 @@ class _Connection(asyncio.Protocol):
         self.headers_done = True
         self._wake()
 
-    def on_body(self, body: bytes) -> None:
-        if self.draining:
-            self.drained += len(body)
-            if self.drained > DRAIN_BYTES:
-                self.abort()
-            return
-        self.chunks.append(body)
-        self.buffered += len(body)
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        if self.buffered > READ_BUFFER_BYTES and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-
     def on_message_complete(self) -> None:
         if self.informational:
             self.informational = False
@@ -272,7 +276,9 @@ class _Connection(asyncio.Protocol):
         self.expecting = False
         self.keep_alive = self._parser.should_keep_alive()
         self._wake()
-        self.end_drain()
+        if self.draining:
+            self.chunks.clear()
+            self.end_drain()
 
     # -- used by the pool and the response -------------------------------------------------------
 
@@ -291,7 +297,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, request: bytes) -> None:
         self.expecting = True
-        self.chunks = []
+        self.chunks.clear()
         self.buffered = 0
         self.status = 0
         self.head_bytes = 0
@@ -307,7 +313,7 @@ class _Connection(asyncio.Protocol):
     def take(self) -> bytes:
         chunks = self.chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self.chunks = []
+        chunks.clear()
         self.buffered = 0
         if self.paused and self.transport is not None:
             self.paused = False
@@ -334,7 +340,7 @@ class _Connection(asyncio.Protocol):
         """Reads the rest of the response, discarding it, then calls on_drained (also when that fails)."""
         self.draining = True
         self.drained = 0
-        self.chunks = []
+        self.chunks.clear()
         self.buffered = 0
         self.on_drained = on_drained
         self.drain_timer = self._loop.call_later(DRAIN_SECONDS, self.abort)
@@ -438,37 +444,55 @@ class ConnectionPool:
         self._active = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
-        self._heads: dict[str, bytes] = {}
+        self._starts: dict[tuple[str, str], tuple[str, str | None]] = {}
 
     # -- requests -------------------------------------------------------------------------------
 
-    def _head(self, method: str, url: str, headers: Mapping[str, str]) -> bytes:
-        """The request line and headers, without Content-Length."""
+    def _start(self, method: str, url: str) -> tuple[str, str | None]:
+        """The request line and Host header for a URL, and the Authorization its credentials make (if any)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.scheme != self.scheme:
             raise InvalidRequest(f"cannot request {parts.scheme}://{parts.hostname or ''}: not an http(s) URL")
-        if (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)) != (self.host, self.port):
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise InvalidRequest("the URL's port is not a number from 0 to 65535") from None
+        if (parts.hostname, port) != (self.host, self.port):
             raise InvalidRequest("the URL is not on this pool's origin")
         path = quote(parts.path or "/", safe=_PATH_SAFE)
         if parts.query:
             path += "?" + quote(parts.query, safe=_QUERY_SAFE)
         host = parts.netloc.rpartition("@")[2]
-        environment = self.environment
-        proxied = environment.proxy_host is not None and self.scheme == "http"
+        proxied = self.environment.proxy_host is not None and self.scheme == "http"
         target = f"http://{host}{path}" if proxied else path
-        lines = [f"{method} {_checked(target)} HTTP/1.1", f"Host: {host}"]
+        authorization = None
+        if parts.username is not None:
+            authorization = _basic(unquote(parts.username), unquote(parts.password or ""))
+        return f"{method} {_checked(target)} HTTP/1.1\r\nHost: {host}\r\n", authorization
+
+    def _head(self, method: str, url: str, headers: Mapping[str, str]) -> bytes:
+        """The request line and headers, without Content-Length."""
+        key = (method, url)
+        start = self._starts.get(key)
+        if start is None:
+            start = self._start(method, url)
+            if len(self._starts) >= 64:  # a few URLs per endpoint; never unbounded
+                self._starts.clear()
+            self._starts[key] = start
+        line, url_authorization = start
+        environment = self.environment
+        lines = [line]
+        lines.extend(f"{_checked(name)}: {_checked(value)}\r\n" for name, value in headers.items())
         names = {name.lower() for name in headers}
-        lines.extend(f"{_checked(name)}: {_checked(value)}" for name, value in headers.items())
         if "user-agent" not in names:
-            lines.append(f"User-Agent: {USER_AGENT}")
+            lines.append(f"User-Agent: {USER_AGENT}\r\n")
         if "authorization" not in names:
-            if parts.username is not None:
-                lines.append(f"Authorization: {_basic(unquote(parts.username), unquote(parts.password or ''))}")
-            elif environment.netrc_authorization is not None:
-                lines.append(f"Authorization: {environment.netrc_authorization}")
-        if proxied and environment.proxy_authorization is not None:
-            lines.append(f"Proxy-Authorization: {environment.proxy_authorization}")
-        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+            authorization = url_authorization or environment.netrc_authorization
+            if authorization is not None:
+                lines.append(f"Authorization: {authorization}\r\n")
+        if environment.proxy_authorization is not None and environment.proxy_host and self.scheme == "http":
+            lines.append(f"Proxy-Authorization: {environment.proxy_authorization}\r\n")
+        return "".join(lines).encode("utf-8")
 
     async def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes = b"") -> Response:
         """Sends the request and returns once the response's status and headers have arrived. A reused connection
@@ -552,18 +576,20 @@ class ConnectionPool:
                     return
             elif connection.headers_done:
                 # The reader stopped at the end of what it wanted (the SSE [DONE]); the rest of the body, if short
-                # and quick, comes before the connection is handed out again.
+                # and quick, is read before the connection joins the idle ones. Its slot is free meanwhile.
                 connection.drain(self._drained)
+                self._release_slot()
                 return
         connection.abort()
         self._release_slot()
 
     def _drained(self, connection: _Connection) -> None:
-        if connection.complete and connection.keep_alive and connection.usable and not self._closed:
-            self._keep(connection)
-        else:
-            connection.abort()
-            self._release_slot()
+        usable = connection.complete and connection.keep_alive and connection.usable and not self._closed
+        if usable and len(self._idle) + self._active < self._limit:
+            connection.idle_since = asyncio.get_running_loop().time()
+            self._idle.append(connection)
+            return
+        connection.abort()
 
     def _keep(self, connection: _Connection) -> None:
         connection.idle_since = asyncio.get_running_loop().time()
