@@ -127,7 +127,6 @@ class _Connection(asyncio.Protocol):
     __slots__ = (
         "_loop",
         "_parser",
-        "body_limit",
         "buffered",
         "chunks",
         "closed",
@@ -185,7 +184,6 @@ class _Connection(asyncio.Protocol):
         self.drain_timer: asyncio.TimerHandle | None = None
         self.on_drained: Callable[[_Connection], None] | None = None
         self.idle_since = 0.0
-        self.body_limit = 0
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
 
