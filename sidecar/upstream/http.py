@@ -361,11 +361,12 @@ class Response:
     """A response whose status and headers have arrived; its body is read with readany()/read(), and it ends with
     release() (its connection may be reused) or close() (its connection is closed)."""
 
-    __slots__ = ("_connection", "_pool", "status")
+    __slots__ = ("_connection", "_loop", "_pool", "status")
 
     def __init__(self, connection: _Connection, pool: ConnectionPool) -> None:
         self._connection: _Connection | None = connection
         self._pool = pool
+        self._loop = asyncio.get_running_loop()
         self.status = connection.status
 
     async def readany(self) -> bytes:
@@ -379,7 +380,11 @@ class Response:
                 return b""
             if connection.error is not None:
                 raise connection.error
-            await connection.wait()
+            connection.waiter = waiter = self._loop.create_future()  # connection.wait(), without its frame
+            try:
+                await waiter
+            finally:
+                connection.waiter = None
         return connection.take()
 
     async def read(self, limit: int) -> bytes:
