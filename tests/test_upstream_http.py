@@ -210,6 +210,7 @@ class RawUpstream:
     close_after: bool = False
     connections: int = 0
     requests: list[tuple[int, bytes]] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # a connection ended (either side closed it)
     port: int = 0
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -240,6 +241,7 @@ class RawUpstream:
             pass
         finally:
             writer.close()
+            self.ended.set()
 
 
 @asynccontextmanager
@@ -275,6 +277,20 @@ async def model_on(sidecar: Sidecar, endpoint: str) -> None:
             feature="duo_chat", provider=admin_pb2.FEATURE_PROVIDER_SELF_HOSTED, self_hosted_model_id=model.id
         )
     )
+
+
+@pytest.mark.asyncio
+async def test_stopping_the_sidecar_closes_its_kept_connections(
+    start_server: StartServer, no_proxies: pytest.MonkeyPatch
+) -> None:
+    async with raw_upstream(lambda connection, index: content_length(SSE_ANSWER)) as upstream:
+        sidecar = await start_server("self_managed", env=FAST)
+        await model_on(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
+        assert answer_text(await collect(sidecar.routing.Complete(complete_request()))) == "Hi"
+        await asyncio.sleep(0.1)
+        assert not upstream.ended.is_set()  # kept for the next request
+        await sidecar.server.stop()
+        await asyncio.wait_for(upstream.ended.wait(), timeout=5)
 
 
 @pytest.mark.asyncio
