@@ -11,22 +11,19 @@ No silent fallback: a request routed to a model either reaches that model or fai
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import logging
+import ssl
 import time
 import uuid
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-import aiohttp
-from aiohttp.helpers import basicauth_from_netrc, get_env_proxy_for_url, netrc_from_env
-from yarl import URL
 
 from sidecar.catalog import FeatureInfo
 from sidecar.config import UpstreamConfig
 from sidecar.domain import Platform, Provider, SelfHostedModel
-from sidecar.endpoints import EndpointPolicy, GuardedResolver, endpoint_refusal
+from sidecar.endpoints import EndpointPolicy, EndpointRefused, GuardedResolver
 from sidecar.errors import DuoError, ErrorCode, failed_precondition, invalid_argument
 from sidecar.policy import Resolution
 from sidecar.upstream import targets
@@ -41,12 +38,14 @@ from sidecar.upstream.base import (
     stream_reader,
     upstream_error,
 )
+from sidecar.upstream.http import ConnectionPool, ConnectTimeout, Environment, InvalidRequest, Response
 from sidecar.upstream.resilience import BreakerState, CircuitBreaker, InFlightLimit
 from sidecar.vault import TokenVault
 
 log = logging.getLogger(__name__)
 
 _ERROR_BODY_BYTES = 4096
+_JSON_BODY_BYTES = 64 * 1024 * 1024  # the AI Gateway's model catalog, with room to grow
 _RETRY_BACKOFF_SECONDS = 0.1
 TEST_PROMPT = "Reply with the single word OK."
 
@@ -128,35 +127,6 @@ class _Retryable(Exception):
 _BREAKER_VALUES = {BreakerState.CLOSED: 0.0, BreakerState.HALF_OPEN: 1.0, BreakerState.OPEN: 2.0}
 
 
-@dataclass(frozen=True)
-class _FromEnvironment:
-    """What aiohttp's trust_env reads for an endpoint (HTTP(S)_PROXY, NO_PROXY and ~/.netrc), read once when the
-    endpoint's session is made: trust_env reads it on every request, in two trips to a thread pool."""
-
-    proxy: URL | None = None
-    proxy_auth: aiohttp.BasicAuth | None = None
-    netrc_auth: aiohttp.BasicAuth | None = None
-
-    def arguments(self, headers: Mapping[str, str]) -> dict[str, Any]:
-        """Request arguments: the proxy, and the netrc login unless the request carries its own credentials."""
-        arguments: dict[str, Any] = {"proxy": self.proxy, "proxy_auth": self.proxy_auth}
-        if self.netrc_auth is not None and "Authorization" not in headers:
-            arguments["auth"] = self.netrc_auth
-        return arguments
-
-
-def _from_environment(endpoint_key: str) -> _FromEnvironment:
-    url = URL(endpoint_key)
-    proxy, proxy_auth, netrc_auth = None, None, None
-    with contextlib.suppress(LookupError):
-        proxy, proxy_auth = get_env_proxy_for_url(url)
-    netrc = netrc_from_env()
-    if netrc is not None and url.host is not None:
-        with contextlib.suppress(LookupError):
-            netrc_auth = basicauth_from_netrc(netrc, url.host)
-    return _FromEnvironment(proxy, proxy_auth, netrc_auth)
-
-
 class _Watchdog:
     """Bounds each wait for the upstream's next event as asyncio.timeout around every read would, with one timer
     per completion instead of one per chunk: when the timer fires it checks whether the current bound has passed,
@@ -227,8 +197,8 @@ class Completer:
         self.gateway = gateway
         self.vault = vault
         self.endpoints = endpoints
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
-        self._environment: dict[str, _FromEnvironment] = {}
+        self._pools: dict[str, ConnectionPool] = {}
+        self._tls: ssl.SSLContext | None = None
         self.breakers: dict[str, CircuitBreaker] = {}
         self.limits: dict[str, InFlightLimit] = {}
 
@@ -248,9 +218,9 @@ class Completer:
         return [((endpoint,), float(limit.in_flight)) for endpoint, limit in sorted(self.limits.items())]
 
     async def close(self) -> None:
-        for session in self._sessions.values():
-            await session.close()
-        self._sessions.clear()
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
 
     def _policy_for(self, endpoint_key: str) -> EndpointPolicy:
         """The allow-list is for self-hosted endpoints; the AI Gateway is the operator's own configuration."""
@@ -258,24 +228,26 @@ class Completer:
             return EndpointPolicy()
         return self.endpoints
 
-    def _session(self, endpoint_key: str) -> tuple[aiohttp.ClientSession, _FromEnvironment]:
-        session = self._sessions.get(endpoint_key)
-        if session is None or session.closed:
-            session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=self.config.connect_timeout_seconds,
-                    sock_connect=self.config.connect_timeout_seconds,
-                ),
-                connector=aiohttp.TCPConnector(
-                    limit=self.config.max_in_flight_per_endpoint,
-                    ttl_dns_cache=60,
-                    resolver=GuardedResolver(self._policy_for(endpoint_key)),
-                ),
+    def _pool(self, endpoint_key: str) -> ConnectionPool:
+        """The endpoint's connections; the environment (proxy, netrc) is read once, when the pool is made."""
+        pool = self._pools.get(endpoint_key)
+        if pool is None:
+            pool = ConnectionPool(
+                endpoint_key,
+                limit=self.config.max_in_flight_per_endpoint,
+                connect_timeout=self.config.connect_timeout_seconds,
+                resolver=GuardedResolver(self._policy_for(endpoint_key)),
+                environment=Environment.read(endpoint_key),
+                ssl_context=self._tls_context,
             )
-            self._sessions[endpoint_key] = session
-            self._environment[endpoint_key] = _from_environment(endpoint_key)
-        return session, self._environment[endpoint_key]
+            self._pools[endpoint_key] = pool
+        return pool
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The default verification, as aiohttp had it (SSL_CERT_FILE and SSL_CERT_DIR apply); made once."""
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
 
     # -- targets ----------------------------------------------------------------------------------
 
@@ -390,15 +362,15 @@ class Completer:
             deadline = loop.time() + self.config.first_token_timeout_seconds
             response = await self._open_with_retries(target, retries, breaker, deadline)
             reader = stream_reader(target)
-            content = response.content
+            readany = response.readany
             watchdog = _Watchdog(loop, deadline, self.config.idle_timeout_seconds)
             try:
                 try:
                     async with watchdog:
                         while not reader.done:
                             try:
-                                data = await content.readany()
-                            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                                data = await readany()
+                            except OSError as exc:
                                 raise upstream_error(
                                     ErrorCode.UNAVAILABLE,
                                     "UPSTREAM_STREAM_BROKEN",
@@ -448,7 +420,7 @@ class Completer:
 
     async def _open_with_retries(
         self, target: UpstreamRequest, retries: int, breaker: CircuitBreaker | None, deadline: float
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
@@ -478,19 +450,18 @@ class Completer:
             "(upstream.first_token_timeout_seconds, connecting and retries included)",
         )
 
-    async def _open(self, target: UpstreamRequest, deadline: float) -> aiohttp.ClientResponse:
+    async def _open(self, target: UpstreamRequest, deadline: float) -> Response:
         """The upstream's response (status below 400), by `deadline` (event loop time). Raises _Retryable for what
         may be retried: connection errors (a connect timeout included) and HTTP 5xx; a DuoError for the rest."""
         refused = self._policy_for(target.endpoint_key).address_refusal(target.url)
         if refused is not None:
             raise _endpoint_not_allowed(target, refused)
-        session, environment = self._session(target.endpoint_key)
         try:
             async with asyncio.timeout_at(deadline):
-                response = await session.post(
-                    target.url, json=target.body, headers=target.headers, **environment.arguments(target.headers)
+                response = await self._pool(target.endpoint_key).request(
+                    "POST", target.url, target.headers, json.dumps(target.body).encode()
                 )
-        except aiohttp.ConnectionTimeoutError:  # before the deadline: upstream.connect_timeout_seconds ran out
+        except ConnectTimeout:  # before the deadline: upstream.connect_timeout_seconds ran out
             raise _Retryable(
                 upstream_error(
                     ErrorCode.UNAVAILABLE,
@@ -502,16 +473,15 @@ class Completer:
             ) from None
         except TimeoutError:
             raise self._first_token_timeout(target) from None  # the deadline: not retried, nothing is left of it
-        except aiohttp.InvalidURL:
+        except InvalidRequest:
             raise failed_precondition(
                 "UPSTREAM_MISCONFIGURED",
                 f"{target.description} has an invalid endpoint URL",
                 subject=target.endpoint_key,
             ) from None
-        except aiohttp.ClientError as exc:
-            refusal = endpoint_refusal(exc)
-            if refusal is not None:
-                raise _endpoint_not_allowed(target, refusal.why) from None
+        except EndpointRefused as refusal:
+            raise _endpoint_not_allowed(target, refusal.why) from None
+        except OSError as exc:  # ConnectionBroken included: connecting failed, or the connection did before an answer
             raise _Retryable(
                 upstream_error(
                     ErrorCode.UNAVAILABLE,
@@ -525,8 +495,8 @@ class Completer:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(min(deadline, loop.time() + self.config.idle_timeout_seconds)):
-                body = (await response.content.read(_ERROR_BODY_BYTES)).decode("utf-8", errors="replace")
-        except (TimeoutError, aiohttp.ClientError):
+                body = (await response.read(_ERROR_BODY_BYTES)).decode("utf-8", errors="replace")
+        except (TimeoutError, OSError):
             body = ""
         finally:
             response.close()
@@ -563,13 +533,22 @@ class Completer:
         refused = self._policy_for(targets.origin(url)).address_refusal(url)
         if refused is not None:
             raise _endpoint_not_allowed(probe, refused)
-        session, environment = self._session(targets.origin(url))
         try:
             async with asyncio.timeout(self.config.first_token_timeout_seconds):
-                async with session.get(url, headers=headers, **environment.arguments(headers)) as response:
+                response = await self._pool(targets.origin(url)).request("GET", url, headers)
+                try:
                     if response.status >= 400:
-                        raise error_for_status(probe, response.status, await response.text(errors="replace"))
-                    return await response.json(content_type=None)
+                        body = await response.read(_ERROR_BODY_BYTES)
+                        raise error_for_status(probe, response.status, body.decode("utf-8", errors="replace"))
+                    document = await response.read(_JSON_BODY_BYTES + 1)
+                    if len(document) > _JSON_BODY_BYTES:
+                        raise ValueError(f"the document is larger than {_JSON_BODY_BYTES} bytes")
+                    return json.loads(document)
+                except BaseException:
+                    response.close()
+                    raise
+                finally:
+                    response.release()
         except TimeoutError:
             raise upstream_error(
                 ErrorCode.UNAVAILABLE,
@@ -578,10 +557,9 @@ class Completer:
                 f"{description} did not answer within {self.config.first_token_timeout_seconds:g} s "
                 "(upstream.first_token_timeout_seconds)",
             ) from None
-        except (aiohttp.ClientError, ValueError) as exc:
-            refusal = endpoint_refusal(exc)
-            if refusal is not None:
-                raise _endpoint_not_allowed(probe, refusal.why) from None
+        except EndpointRefused as refusal:
+            raise _endpoint_not_allowed(probe, refusal.why) from None
+        except (OSError, ValueError) as exc:
             raise upstream_error(
                 ErrorCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE", probe, f"{description} failed: {_describe(exc, probe)}"
             ) from None

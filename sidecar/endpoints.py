@@ -4,8 +4,9 @@ Refused always: link-local and cloud metadata addresses (169.254.0.0/16, fe80::/
 a registered "model" could read instance credentials. Private ranges are allowed, because that is where
 self-hosted models live; an optional allow-list narrows everything down to the operator's networks. The
 check runs when a model is registered and again on every connection (so DNS cannot be changed under it):
-GuardedResolver for names, EndpointPolicy.address_refusal for endpoints given as an IP address (which aiohttp
-connects to without resolving). A connection refused either way fails with ENDPOINT_NOT_ALLOWED saying why.
+GuardedResolver, which every upstream connection resolves its host with (sidecar.upstream.http), and
+EndpointPolicy.address_refusal before a request is made. A connection refused either way fails with
+ENDPOINT_NOT_ALLOWED saying why.
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
-
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import ThreadedResolver
 
 from sidecar.errors import invalid_argument
 
@@ -70,7 +68,7 @@ class EndpointPolicy:
 
     def address_refusal(self, url: str) -> str | None:
         """Why the endpoint may not be contacted when its host is an IP address, else None (names are checked by
-        GuardedResolver when they are resolved; aiohttp never resolves an IP address, so it is checked here)."""
+        GuardedResolver when they are resolved for a connection)."""
         host = urlsplit(url).hostname or ""
         try:
             ipaddress.ip_address(host.split("%", 1)[0])
@@ -107,11 +105,7 @@ class EndpointPolicy:
 
 
 class EndpointRefused(OSError):
-    """Every address a host resolves to is refused by the policy; `why` says why, address by address.
-
-    An OSError because that is what aiohttp expects from a resolver: it arrives wrapped in a ClientConnectorError
-    (its `os_error`), where sidecar.completion finds it and answers ENDPOINT_NOT_ALLOWED.
-    """
+    """Every address a host resolves to is refused by the policy; `why` says why, address by address."""
 
     def __init__(self, host: str, why: str) -> None:
         super().__init__(f"{host} resolves only to addresses the sidecar may not contact: {why}")
@@ -119,30 +113,49 @@ class EndpointRefused(OSError):
         self.why = why
 
 
-def endpoint_refusal(exc: BaseException) -> EndpointRefused | None:
-    """The EndpointRefused behind an aiohttp connection error, if that is what it was."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, EndpointRefused):
-            return current
-        seen.add(id(current))
-        inner = getattr(current, "os_error", None)  # aiohttp.ClientConnectorError keeps the resolver's error here
-        current = inner if isinstance(inner, BaseException) else current.__cause__ or current.__context__
-    return None
+class ResolvedAddress(TypedDict):
+    hostname: str
+    host: str  # the address
+    port: int
+    family: int
+    proto: int
+    flags: int
 
 
-class GuardedResolver(AbstractResolver):
-    """aiohttp resolver that drops addresses the policy refuses, at connection time."""
+class SystemResolver:
+    """The system's resolver (getaddrinfo in the event loop's thread pool), bounded by RESOLVE_TIMEOUT_SECONDS."""
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_UNSPEC) -> list[ResolvedAddress]:
+        async with asyncio.timeout(RESOLVE_TIMEOUT_SECONDS):
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
+        results: dict[str, ResolvedAddress] = {}
+        for info_family, _, proto, _, sockaddr in infos:
+            address = str(sockaddr[0])
+            results.setdefault(
+                address,
+                ResolvedAddress(hostname=host, host=address, port=port, family=info_family, proto=proto, flags=0),
+            )
+        return list(results.values())  # in the resolver's order, each address once
+
+    async def close(self) -> None:
+        pass
+
+
+class GuardedResolver:
+    """Resolves an upstream host for a connection and drops the addresses the policy refuses; raises
+    EndpointRefused when none is left. An IP address is checked as it is, without a trip to the resolver."""
 
     def __init__(self, policy: EndpointPolicy) -> None:
         self._policy = policy
-        self._inner = ThreadedResolver()
+        self._inner = SystemResolver()
 
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_UNSPEC) -> list[ResolvedAddress]:
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            results = await self._inner.resolve(host, port, family)
+        else:
+            results = [ResolvedAddress(hostname=host, host=host, port=port, family=_family(ip), proto=0, flags=0)]
         refusals = {r["host"]: self._policy.refusal(r["host"]) for r in results}
         allowed = [r for r in results if refusals[r["host"]] is None]
         if not allowed:
@@ -151,3 +164,7 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+def _family(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET

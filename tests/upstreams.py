@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,10 +40,12 @@ class MockUpstream:
     disconnects: int = 0
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
+    scheme: str = "http"
+    peers: list[tuple[str, int]] = field(default_factory=list)  # the client end of each request's connection
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     async def _record(self, request: web.Request) -> SeenRequest:
         body: Any = None
@@ -54,6 +57,8 @@ class MockUpstream:
                 body = text
         seen = SeenRequest(request.path, request.raw_path, dict(request.query), dict(request.headers), body)
         self.requests.append(seen)
+        if request.transport is not None:
+            self.peers.append(request.transport.get_extra_info("peername")[:2])
         return seen
 
     def _fault(self) -> web.Response | None:
@@ -130,14 +135,17 @@ class MockUpstream:
 
 
 @asynccontextmanager
-async def serve_upstream(configure: Callable[[MockUpstream], None] | None = None) -> AsyncIterator[MockUpstream]:
-    upstream = MockUpstream()
+async def serve_upstream(
+    configure: Callable[[MockUpstream], None] | None = None, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[MockUpstream]:
+    """The upstream on 127.0.0.1; with `tls` (a server context), on https://."""
+    upstream = MockUpstream(scheme="https" if tls else "http")
     if configure:
         configure(upstream)
     # handler_cancellation: a handler learns at once that the sidecar closed the connection.
     runner = web.AppRunner(upstream.app(), handle_signals=False, handler_cancellation=True, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     upstream.port = runner.addresses[0][1]
     try:
