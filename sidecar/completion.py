@@ -11,7 +11,6 @@ No silent fallback: a request routed to a model either reaches that model or fai
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 import time
@@ -19,6 +18,8 @@ import uuid
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from sidecar.catalog import FeatureInfo
 from sidecar.config import UpstreamConfig
@@ -198,6 +199,7 @@ class Completer:
         self.vault = vault
         self.endpoints = endpoints
         self._pools: dict[str, ConnectionPool] = {}
+        self._refusals: dict[str, str | None] = {}  # per endpoint, with its pool
         self._tls: ssl.SSLContext | None = None
         self.breakers: dict[str, CircuitBreaker] = {}
         self.limits: dict[str, InFlightLimit] = {}
@@ -229,9 +231,12 @@ class Completer:
         return self.endpoints
 
     def _pool(self, endpoint_key: str) -> ConnectionPool:
-        """The endpoint's connections; the environment (proxy, netrc) is read once, when the pool is made."""
+        """The endpoint's connections; the environment (proxy, netrc) is read once, when the pool is made, and so
+        is whether the endpoint's host is an IP address the endpoint rules refuse (checked here as well as on
+        connecting: behind a proxy, the proxy is what the connection reaches)."""
         pool = self._pools.get(endpoint_key)
         if pool is None:
+            self._refusals[endpoint_key] = self._policy_for(endpoint_key).address_refusal(endpoint_key)
             pool = ConnectionPool(
                 endpoint_key,
                 limit=self.config.max_in_flight_per_endpoint,
@@ -453,14 +458,13 @@ class Completer:
     async def _open(self, target: UpstreamRequest, deadline: float) -> Response:
         """The upstream's response (status below 400), by `deadline` (event loop time). Raises _Retryable for what
         may be retried: connection errors (a connect timeout included) and HTTP 5xx; a DuoError for the rest."""
-        refused = self._policy_for(target.endpoint_key).address_refusal(target.url)
+        pool = self._pool(target.endpoint_key)
+        refused = self._refusals[target.endpoint_key]
         if refused is not None:
             raise _endpoint_not_allowed(target, refused)
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self._pool(target.endpoint_key).request(
-                    "POST", target.url, target.headers, json.dumps(target.body).encode()
-                )
+                response = await pool.request("POST", target.url, target.headers, orjson.dumps(target.body))
         except ConnectTimeout:  # before the deadline: upstream.connect_timeout_seconds ran out
             raise _Retryable(
                 upstream_error(
@@ -530,12 +534,13 @@ class Completer:
     async def fetch_json(self, url: str, headers: dict[str, str], description: str) -> Any:
         """GETs a JSON document (the AI Gateway's model catalog)."""
         probe = UpstreamRequest(url, description, url, headers, {}, "json", self.gateway.cloud_connector_token)
-        refused = self._policy_for(targets.origin(url)).address_refusal(url)
+        pool = self._pool(targets.origin(url))
+        refused = self._refusals[targets.origin(url)]
         if refused is not None:
             raise _endpoint_not_allowed(probe, refused)
         try:
             async with asyncio.timeout(self.config.first_token_timeout_seconds):
-                response = await self._pool(targets.origin(url)).request("GET", url, headers)
+                response = await pool.request("GET", url, headers)
                 try:
                     if response.status >= 400:
                         body = await response.read(_ERROR_BODY_BYTES)
@@ -543,7 +548,7 @@ class Completer:
                     document = await response.read(_JSON_BODY_BYTES + 1)
                     if len(document) > _JSON_BODY_BYTES:
                         raise ValueError(f"the document is larger than {_JSON_BODY_BYTES} bytes")
-                    return json.loads(document)
+                    return orjson.loads(document)
                 except BaseException:
                     response.close()
                     raise
