@@ -148,7 +148,10 @@ class _Watchdog:
         self.expired = False
 
     def resumed(self) -> None:
-        """The caller asks for the next event: it has idle_seconds from now to come."""
+        """The caller asks for the next event: it has idle_seconds from now to come. The caller may be another
+        task than the one that asked for the first event (the servicer asks for that one while it sends the
+        route), so the task to interrupt is taken again."""
+        self._task = asyncio.current_task()
         self.first = False
         self.bound = self._loop.time() + self._idle
         self.reading = True

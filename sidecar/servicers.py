@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -45,7 +45,7 @@ from sidecar.metrics import Metrics, error_outcome, interrupted_outcome
 from sidecar.paging import STR_KEY, STR_PAIR_KEY, page_size, paginate
 from sidecar.snapshot import Snapshot
 from sidecar.state import ConfigState
-from sidecar.upstream.base import TextDelta
+from sidecar.upstream.base import Event, TextDelta
 from sidecar.users import UserRouting
 
 log = logging.getLogger(__name__)
@@ -283,8 +283,6 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
         if self._log_prompts:  # log.log_prompts: a debugging aid that logs user content
             produced = []
             log.debug("Complete prompt", extra={"prompt": [[m.role, m.content] for m in work.messages]})
-        yield routing_pb2.CompleteResponse(route=resolution_to_proto(resolution))
-
         call = self._metrics.upstream_call(
             resolution.provider.name.lower(), resolution.model_identifier, _gen_ai_provider(resolution)
         )
@@ -292,35 +290,46 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
         waited = 0.0  # time spent waiting on the upstream; the rest of the handler's time is the sidecar's
         first_token = True
         outcome, error_type = "ok", ""
+        events = self._completer.stream(target)
+        # The upstream request goes out while the route message is sent: that send takes a few hundred
+        # microseconds, which the caller would otherwise wait on top of the upstream for its first token.
+        first_event = asyncio.ensure_future(anext(events))
         try:
-            async with contextlib.aclosing(self._completer.stream(target)) as events:
-                while True:
-                    before = time.perf_counter()
-                    try:
-                        event = await anext(events)
-                    except StopAsyncIteration:
-                        break
-                    finally:
-                        waited += time.perf_counter() - before
-                    if isinstance(event, TextDelta):
-                        if first_token:
-                            first_token = False
-                            call.first_token(time.perf_counter() - upstream_started)
-                        if produced is not None:
-                            produced.append(event.text)
-                        yield routing_pb2.CompleteResponse(delta={"text": event.text})  # cheaper than TextDelta()
-                    else:
-                        call.usage(event.input_tokens, event.output_tokens)
-                        yield routing_pb2.CompleteResponse(
-                            finished=routing_pb2.CompletionFinished(
-                                finish_reason=event.finish_reason,
-                                usage=routing_pb2.TokenUsage(
-                                    input_tokens=event.input_tokens,
-                                    output_tokens=event.output_tokens,
-                                    estimated=event.usage_estimated,
-                                ),
-                            )
+            yield routing_pb2.CompleteResponse(route=resolution_to_proto(resolution))
+            before = time.perf_counter()
+            try:
+                event: Event | None = await first_event
+            except StopAsyncIteration:
+                event = None
+            finally:
+                waited += time.perf_counter() - before
+            while event is not None:
+                if isinstance(event, TextDelta):
+                    if first_token:
+                        first_token = False
+                        call.first_token(time.perf_counter() - upstream_started)
+                    if produced is not None:
+                        produced.append(event.text)
+                    yield routing_pb2.CompleteResponse(delta={"text": event.text})  # cheaper than TextDelta()
+                else:
+                    call.usage(event.input_tokens, event.output_tokens)
+                    yield routing_pb2.CompleteResponse(
+                        finished=routing_pb2.CompletionFinished(
+                            finish_reason=event.finish_reason,
+                            usage=routing_pb2.TokenUsage(
+                                input_tokens=event.input_tokens,
+                                output_tokens=event.output_tokens,
+                                estimated=event.usage_estimated,
+                            ),
                         )
+                    )
+                before = time.perf_counter()
+                try:
+                    event = await anext(events)
+                except StopAsyncIteration:
+                    event = None
+                finally:
+                    waited += time.perf_counter() - before
         except DuoError as error:
             outcome, error_type = error_outcome(error.reason, error.code.value)
             raise
@@ -328,6 +337,12 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
             outcome, error_type = interrupted_outcome(exc, context.time_remaining())
             raise
         finally:
+            if not first_event.done():  # the caller left while the route was being sent
+                first_event.cancel()
+                await asyncio.wait((first_event,))  # the stream is no longer running: it can be closed
+            elif not first_event.cancelled():
+                first_event.exception()  # raised above, or not waited for: either way, seen
+            await events.aclose()
             now = time.perf_counter()
             call.done(outcome, error_type, now - upstream_started, now - started, waited)
             if produced is not None:
