@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gitlab.duo.routing.v1 import admin_pb2, routing_pb2, types_pb2
 from sidecar.catalog import load_catalog
+from sidecar.servicers import RoutingServicer
 from tests.completion import FAST, MESSAGES, TOKEN, collect, complete_request, read_all, self_hosted
 from tests.conftest import Sidecar, StartServer
 from tests.helpers import REPO, ErrorDetails, duo_admin_path, error_details
@@ -278,6 +279,53 @@ async def test_client_cancel_closes_the_upstream_request(start_server: StartServ
     await asyncio.wait_for(upstream.disconnected.wait(), timeout=5)
     assert upstream.disconnects == 1
     await still_serving(sidecar)
+
+
+async def test_callers_leaving_before_the_first_token_free_their_upstream_slots(
+    start_server: StartServer, upstream: MockUpstream
+) -> None:
+    """The upstream request starts while the route is being sent: a caller that leaves at any point before the
+    first token (before the route, while it is sent, after it) closes that request and gives back its in-flight
+    slot. With 2 slots and no short timeouts to clean up after a leak, one leak shows by the next calls."""
+    upstream.behavior = "hang"  # headers, then nothing: no first token
+    sidecar = await start_server("self_managed", env={"DUO_SIDECAR_UPSTREAM_MAX_IN_FLIGHT_PER_ENDPOINT": "2"})
+    await self_hosted(sidecar, upstream)
+    for i in range(24):
+        call = sidecar.routing.Complete(complete_request())
+        if i % 4 == 3:
+            assert (await call.read()).HasField("route")  # the first token is still to come
+        else:
+            await asyncio.sleep(i * 0.0002)  # somewhere between the call's start and its first token
+        call.cancel()
+        await asyncio.wait_for(upstream.until(lambda: upstream.disconnects == len(upstream.requests)), 5)
+    upstream.behavior = "ok"
+    for _ in range(3):
+        events = await collect(sidecar.routing.Complete(complete_request()))
+        assert "".join(e.delta.text for e in events[1:-1]) == "Hello, world!"
+
+
+async def test_a_handler_closed_while_the_route_is_sent_stops_its_upstream_request(
+    start_server: StartServer, upstream: MockUpstream
+) -> None:
+    """The window the test above cannot aim at: gRPC drops the handler while it sends the route, when the upstream
+    request has already started beside it. Closing the handler there closes the request and frees its slot."""
+    upstream.behavior = "hang"
+    sidecar = await start_server("self_managed")
+    await self_hosted(sidecar, upstream)
+    server = sidecar.server
+    assert server.state is not None and server.completer is not None
+    servicer = RoutingServicer(server.state, server.completer, server.metrics)
+
+    class Context:  # what the handler asks of grpc's context on its way out
+        def time_remaining(self) -> float | None:
+            return None
+
+    handler = servicer.Complete(complete_request(), Context())
+    assert (await anext(handler)).HasField("route")
+    await asyncio.wait_for(upstream.until(lambda: bool(upstream.requests)), 5)  # it went out beside the route
+    await handler.aclose()  # type: ignore[attr-defined]  # as the caller's cancellation does while the route is on its way
+    await asyncio.wait_for(upstream.disconnected.wait(), timeout=5)
+    assert [in_flight for _, in_flight in server.completer.in_flight()] == [0.0]
 
 
 async def test_deadline_shorter_than_the_upstream(start_server: StartServer, upstream: MockUpstream) -> None:

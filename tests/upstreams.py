@@ -39,9 +39,16 @@ class MockUpstream:
     requests: list[SeenRequest] = field(default_factory=list)
     disconnects: int = 0
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # a request arrived or a stream was cut
     port: int = 0
     scheme: str = "http"
     peers: list[tuple[str, int]] = field(default_factory=list)  # the client end of each request's connection
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Returns once `condition` holds: it is checked whenever a request arrives or a stream is cut."""
+        while not condition():
+            self.changed.clear()
+            await self.changed.wait()
 
     @property
     def url(self) -> str:
@@ -57,6 +64,7 @@ class MockUpstream:
                 body = text
         seen = SeenRequest(request.path, request.raw_path, dict(request.query), dict(request.headers), body)
         self.requests.append(seen)
+        self.changed.set()
         if request.transport is not None:
             self.peers.append(request.transport.get_extra_info("peername")[:2])
         return seen
@@ -93,6 +101,7 @@ class MockUpstream:
         except (ConnectionResetError, asyncio.CancelledError):
             self.disconnects += 1
             self.disconnected.set()
+            self.changed.set()
             raise
         return response
 
