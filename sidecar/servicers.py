@@ -224,19 +224,15 @@ ANSWERS_KEPT = 4096
 
 
 class _Answer:
-    """policy.resolve's answer to one request and its response, valid while the snapshot and the user's routing
-    data are the very objects it was computed from (both are immutable and replaced on every change)."""
+    """policy.resolve's answer to one request and its response, valid while the snapshot (RoutingServicer.
+    _answers_of) and the user's routing data are the very objects it was computed from: both are immutable and
+    replaced on every change."""
 
-    __slots__ = ("resolution", "response", "snapshot", "user")
+    __slots__ = ("resolution", "response", "user")
 
     def __init__(
-        self,
-        snapshot: Snapshot,
-        user: UserRouting,
-        resolution: policy.Resolution,
-        response: routing_pb2.ResolveModelResponse,
+        self, user: UserRouting, resolution: policy.Resolution, response: routing_pb2.ResolveModelResponse
     ) -> None:
-        self.snapshot = snapshot
         self.user = user
         self.resolution = resolution
         self.response = response
@@ -251,6 +247,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
         self._metrics = metrics if metrics is not None else Metrics()
         self._log_prompts = log_prompts
         self._answers: dict[tuple[int, str, int, str], _Answer] = {}
+        self._answers_of: Snapshot | None = None
 
     def _resolve(
         self,
@@ -277,16 +274,19 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
     ) -> routing_pb2.ResolveModelResponse:
         user = await self._state.user_routing(request.user_id)
         snapshot = self._state.snapshot
+        if snapshot is not self._answers_of:
+            self._answers.clear()  # an older snapshot's answers; kept, they would keep it alive too
+            self._answers_of = snapshot
         key = (request.user_id, request.feature, request.root_namespace_id, request.user_selected_model)
         answer = self._answers.get(key)
-        if answer is not None and answer.snapshot is snapshot and answer.user is user:
+        if answer is not None and answer.user is user:
             self._metrics.resolved(request.feature, answer.resolution)
             return answer.response  # shared: nothing modifies a response once returned
         resolution = self._resolve(snapshot, user, request)
         response = resolution_to_proto(resolution)
         if len(self._answers) >= ANSWERS_KEPT:
             self._answers.clear()  # the requests still coming back are answered again at once
-        self._answers[key] = _Answer(snapshot, user, resolution, response)
+        self._answers[key] = _Answer(user, resolution, response)
         return response
 
     async def ListUserSelectableModels(
