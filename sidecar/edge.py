@@ -235,8 +235,13 @@ class Edge:
         self._quiet = quiet_methods
 
     def register(self, server: grpc.aio.Server, services: Iterable[Service]) -> None:
-        """Registers each servicer as its generated add_*_to_server would, every method behind the chain; then,
-        with authentication on, the answer for paths that have no method (auth.UnknownMethods)."""
+        """Registers each servicer's methods, every one behind the chain, as generic handlers; then, with
+        authentication on, the answer for paths that have no method (auth.UnknownMethods).
+
+        Not as registered methods (server.add_registered_method_handlers), which generated add_*_to_server code
+        also uses: grpc.aio's server loop keeps one pending request per registered method and passes them all to
+        asyncio.wait for every call it accepts; with this sidecar's ~30 methods that cost ResolveModel ~15% more
+        CPU per call than the single generic request does (docs/performance.md)."""
         for add_to_server, servicer in services:
             registration = _Registration()
             add_to_server(servicer, registration)
@@ -248,7 +253,6 @@ class Edge:
             for service, handlers in registration.services:
                 chained = {name: self.chain(f"/{service}/{name}", handler) for name, handler in handlers.items()}
                 server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, chained),))
-                server.add_registered_method_handlers(service, chained)
         if self.authenticator.enabled:
             server.add_generic_rpc_handlers((UnknownMethods(self.authenticator),))
 
