@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -480,6 +481,10 @@ def run_server(config: Config) -> None:
 async def serve(config: Config) -> None:
     sidecar = Sidecar(config)
     await sidecar.start()
+    # What startup built (the catalog, the snapshot, every module's objects) lives as long as the process: out of
+    # the cyclic collector's way, so the first full collections under load do not walk it (a 10-20 ms pause each).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     received: list[signal.Signals] = []
 
