@@ -51,6 +51,31 @@ async def self_hosted(
     return model
 
 
+async def model_at(
+    sidecar: Sidecar, endpoint: str, name: str = "slow model", api_token: str = TOKEN
+) -> admin_pb2.SelfHostedModel:
+    """An OpenAI-compatible self-hosted model at `endpoint`, serving Duo Chat."""
+    reply = await sidecar.admin.CreateSelfHostedModel(
+        admin_pb2.CreateSelfHostedModelRequest(
+            self_hosted_model=admin_pb2.SelfHostedModel(
+                name=name,
+                family=types_pb2.MODEL_FAMILY_MISTRAL,
+                platform=types_pb2.PLATFORM_OPENAI_COMPATIBLE,
+                endpoint=endpoint,
+                identifier="custom_openai/mistral-7b-instruct",
+                api_token=api_token,
+            )
+        )
+    )
+    model: admin_pb2.SelfHostedModel = reply.self_hosted_model
+    await sidecar.admin.UpdateFeatureSetting(
+        admin_pb2.UpdateFeatureSettingRequest(
+            feature="duo_chat", provider=admin_pb2.FEATURE_PROVIDER_SELF_HOSTED, self_hosted_model_id=model.id
+        )
+    )
+    return model
+
+
 async def collect(call: Any) -> list[Any]:
     return [event async for event in call]
 

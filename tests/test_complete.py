@@ -20,7 +20,7 @@ from aiohttp import web
 from gitlab.duo.routing.v1 import admin_pb2, routing_pb2, types_pb2
 from sidecar.catalog import load_catalog
 from sidecar.servicers import RoutingServicer
-from tests.completion import FAST, MESSAGES, TOKEN, collect, complete_request, read_all, self_hosted
+from tests.completion import FAST, MESSAGES, TOKEN, collect, complete_request, model_at, read_all, self_hosted
 from tests.conftest import Sidecar, StartServer
 from tests.helpers import REPO, ErrorDetails, duo_admin_path, error_details
 from tests.upstreams import MockUpstream, serve_upstream
@@ -516,28 +516,6 @@ async def serve_handler(handler: Callable[[web.Request], Awaitable[web.StreamRes
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
-
-
-async def model_at(sidecar: Sidecar, endpoint: str, name: str = "slow model") -> admin_pb2.SelfHostedModel:
-    reply = await sidecar.admin.CreateSelfHostedModel(
-        admin_pb2.CreateSelfHostedModelRequest(
-            self_hosted_model=admin_pb2.SelfHostedModel(
-                name=name,
-                family=types_pb2.MODEL_FAMILY_MISTRAL,
-                platform=types_pb2.PLATFORM_OPENAI_COMPATIBLE,
-                endpoint=endpoint,
-                identifier="custom_openai/mistral-7b-instruct",
-                api_token=TOKEN,
-            )
-        )
-    )
-    model: admin_pb2.SelfHostedModel = reply.self_hosted_model
-    await sidecar.admin.UpdateFeatureSetting(
-        admin_pb2.UpdateFeatureSettingRequest(
-            feature="duo_chat", provider=admin_pb2.FEATURE_PROVIDER_SELF_HOSTED, self_hosted_model_id=model.id
-        )
-    )
-    return model
 
 
 # Small bounds so that "twice the bound" and "the bound" are easy to tell apart; one retry, as by default.

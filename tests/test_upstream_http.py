@@ -16,11 +16,11 @@ import grpc
 import pytest
 import uvloop
 
-from gitlab.duo.routing.v1 import admin_pb2, types_pb2
+from gitlab.duo.routing.v1 import admin_pb2
 from sidecar.endpoints import EndpointPolicy, GuardedResolver
 from sidecar.upstream.http import ConnectionBroken, ConnectionPool, Environment
 from tests import certs
-from tests.completion import FAST, TOKEN, collect, complete_request, self_hosted
+from tests.completion import FAST, collect, complete_request, model_at, self_hosted
 from tests.conftest import Sidecar, StartServer
 from tests.forward_proxy import forward_proxy
 from tests.helpers import error_details
@@ -89,7 +89,7 @@ async def test_an_http_upstream_through_a_proxy_gets_absolute_form_requests_with
         no_proxies.setenv("http_proxy", f"http://proxy%20user:s3cret@127.0.0.1:{proxy.port}")
         no_proxies.setenv("no_proxy", "127.0.0.1")  # the test's gRPC channel goes direct; the upstream is localhost
         sidecar = await start_server("self_managed", env=FAST)
-        await model_on(sidecar, f"http://localhost:{upstream.port}/v1")
+        await model_at(sidecar, f"http://localhost:{upstream.port}/v1")
         for _ in range(2):
             assert answer_text(await collect(sidecar.routing.Complete(complete_request()))) == "Hello, world!"
     expected = "Basic " + base64.b64encode(b"proxy user:s3cret").decode()
@@ -111,7 +111,7 @@ async def test_an_https_upstream_through_a_proxy_is_tunnelled_and_still_verified
         no_proxies.setenv("no_proxy", "127.0.0.1")  # the test's gRPC channel goes direct; the upstream is localhost
         no_proxies.setenv("SSL_CERT_FILE", str(pki.ca))
         sidecar = await start_server("self_managed", env=FAST)
-        await model_on(sidecar, f"https://localhost:{upstream.port}/v1")
+        await model_at(sidecar, f"https://localhost:{upstream.port}/v1")
         assert answer_text(await collect(sidecar.routing.Complete(complete_request()))) == "Hello, world!"
         assert [(s.method, s.target, s.proxy_authorization) for s in proxy.seen] == [
             ("CONNECT", f"localhost:{upstream.port}", None)
@@ -119,7 +119,7 @@ async def test_an_https_upstream_through_a_proxy_is_tunnelled_and_still_verified
 
         no_proxies.delenv("SSL_CERT_FILE")
         untrusting = await start_server("self_managed", env=FAST)
-        await model_on(untrusting, f"https://localhost:{upstream.port}/v1")
+        await model_at(untrusting, f"https://localhost:{upstream.port}/v1")
         code, reason, message = await failure_reason(untrusting)
         assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
         assert "CERTIFICATE_VERIFY_FAILED" in message, message
@@ -150,19 +150,7 @@ async def test_a_netrc_login_is_sent_unless_the_request_has_its_own_credentials(
         sidecar = await start_server("self_managed", env=FAST)
         await self_hosted(sidecar, upstream)  # with an API token: its bearer header wins
         await collect(sidecar.routing.Complete(complete_request()))
-        model = (
-            await sidecar.admin.CreateSelfHostedModel(
-                admin_pb2.CreateSelfHostedModelRequest(
-                    self_hosted_model=admin_pb2.SelfHostedModel(
-                        name="no token",
-                        family=types_pb2.MODEL_FAMILY_MISTRAL,
-                        platform=types_pb2.PLATFORM_OPENAI_COMPATIBLE,
-                        endpoint=f"{upstream.url}/v1",
-                        identifier="custom_openai/m",
-                    )
-                )
-            )
-        ).self_hosted_model
+        model = await model_at(sidecar, f"{upstream.url}/v1", "no token", api_token="")
         tested = await sidecar.admin.TestSelfHostedModel(admin_pb2.TestSelfHostedModelRequest(id=model.id))
         assert tested.success, tested.error_message
     assert upstream.requests[0].headers["Authorization"].startswith("Bearer ")
@@ -257,35 +245,13 @@ async def raw_upstream(
         server.close()
 
 
-async def model_on(sidecar: Sidecar, endpoint: str) -> None:
-    model = (
-        await sidecar.admin.CreateSelfHostedModel(
-            admin_pb2.CreateSelfHostedModelRequest(
-                self_hosted_model=admin_pb2.SelfHostedModel(
-                    name="raw",
-                    family=types_pb2.MODEL_FAMILY_MISTRAL,
-                    platform=types_pb2.PLATFORM_OPENAI_COMPATIBLE,
-                    endpoint=endpoint,
-                    identifier="custom_openai/m",
-                    api_token=TOKEN,
-                )
-            )
-        )
-    ).self_hosted_model
-    await sidecar.admin.UpdateFeatureSetting(
-        admin_pb2.UpdateFeatureSettingRequest(
-            feature="duo_chat", provider=admin_pb2.FEATURE_PROVIDER_SELF_HOSTED, self_hosted_model_id=model.id
-        )
-    )
-
-
 @pytest.mark.asyncio
 async def test_stopping_the_sidecar_closes_its_kept_connections(
     start_server: StartServer, no_proxies: pytest.MonkeyPatch
 ) -> None:
     async with raw_upstream(lambda connection, index: content_length(SSE_ANSWER)) as upstream:
         sidecar = await start_server("self_managed", env=FAST)
-        await model_on(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
+        await model_at(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
         assert answer_text(await collect(sidecar.routing.Complete(complete_request()))) == "Hi"
         await asyncio.sleep(0.1)
         assert not upstream.ended.is_set()  # kept for the next request
@@ -301,7 +267,7 @@ async def test_a_pooled_connection_the_upstream_closed_is_replaced_without_faili
     the request): the request goes again on a new connection, even with retries off."""
     async with raw_upstream(lambda connection, index: None if index == 1 else content_length(SSE_ANSWER)) as upstream:
         sidecar = await start_server("self_managed", env={**FAST, "DUO_SIDECAR_UPSTREAM_RETRIES": "0"})
-        await model_on(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
+        await model_at(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
         for _ in range(2):
             assert answer_text(await collect(sidecar.routing.Complete(complete_request()))) == "Hi"
     assert [connection for connection, _ in upstream.requests] == [0, 0, 1]
@@ -321,7 +287,7 @@ async def test_every_body_framing_is_read_and_a_closed_connection_is_not_reused(
 ) -> None:
     async with raw_upstream(lambda connection, index: framing(SSE_ANSWER), close_after) as upstream:
         sidecar = await start_server("self_managed", env=FAST)
-        await model_on(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
+        await model_at(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
         for _ in range(2):
             assert answer_text(await collect(sidecar.routing.Complete(complete_request()))) == "Hi"
     assert upstream.connections == (2 if close_after else 1)
@@ -337,7 +303,7 @@ async def test_a_connection_is_kept_when_the_body_ends_after_the_answer_did(
     pieces = [whole.removesuffix(b"0\r\n\r\n"), b"0\r\n\r\n"]
     async with raw_upstream(lambda connection, index: pieces) as upstream:
         sidecar = await start_server("self_managed", env=FAST)
-        await model_on(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
+        await model_at(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
         for _ in range(2):
             assert answer_text(await collect(sidecar.routing.Complete(complete_request()))) == "Hi"
             await asyncio.sleep(0.1)  # the last chunk has come
@@ -351,7 +317,7 @@ async def test_a_body_delimited_by_the_connection_closing_is_read_to_its_end(
     close_delimited = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n" + SSE_ANSWER
     async with raw_upstream(lambda connection, index: close_delimited, close_after=True) as upstream:
         sidecar = await start_server("self_managed", env=FAST)
-        await model_on(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
+        await model_at(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
         assert answer_text(await collect(sidecar.routing.Complete(complete_request()))) == "Hi"
 
 
@@ -370,7 +336,7 @@ async def test_a_hostile_response_head_fails_the_request(
 ) -> None:
     async with raw_upstream(lambda connection, index: answer) as upstream:
         sidecar = await start_server("self_managed", env={**FAST, "DUO_SIDECAR_UPSTREAM_RETRIES": "0"})
-        await model_on(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
+        await model_at(sidecar, f"http://127.0.0.1:{upstream.port}/v1")
         code, reason, message = await failure_reason(sidecar)
     assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE")
     assert "response head is longer" in message or "malformed HTTP response" in message, message
