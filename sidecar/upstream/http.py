@@ -154,6 +154,17 @@ class _Connection(asyncio.Protocol):
         "waiter",
     )
 
+    # The response to come (_new_response).
+    buffered: int
+    status: int
+    head_bytes: int
+    header_bytes: int
+    headers_done: bool
+    delimited: bool
+    complete: bool
+    keep_alive: bool
+    received: bool
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.chunks: list[bytes] = []  # the body bytes not yet read; always this list
@@ -163,17 +174,9 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[None] | None = None
-        self.buffered = 0
         self.paused = False
-        self.status = 0
-        self.head_bytes = 0
-        self.header_bytes = 0
-        self.headers_done = False
         self.informational = False
-        self.delimited = False
-        self.complete = False
-        self.keep_alive = False
-        self.received = False
+        self._new_response()
         self.reused = False
         self.closed = False
         self.error: HTTPClientError | None = None
@@ -293,9 +296,8 @@ class _Connection(asyncio.Protocol):
         finally:
             self.waiter = None
 
-    def send(self, request: bytes) -> None:
-        self.expecting = True
-        self.chunks.clear()
+    def _new_response(self) -> None:
+        """What is known of the response to come: nothing yet."""
         self.buffered = 0
         self.status = 0
         self.head_bytes = 0
@@ -305,6 +307,11 @@ class _Connection(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.received = False
+
+    def send(self, request: bytes) -> None:
+        self.expecting = True
+        self.chunks.clear()
+        self._new_response()
         assert self.transport is not None
         self.transport.write(request)
 
