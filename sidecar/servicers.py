@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from datetime import datetime
 from enum import IntEnum
 from typing import TypeVar, cast
@@ -332,14 +332,15 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
         first_event = asyncio.ensure_future(anext(events))
         try:
             yield routing_pb2.CompleteResponse(route=resolution_to_proto(resolution))
-            before = time.perf_counter()
-            try:
-                event: Event | None = await first_event
-            except StopAsyncIteration:
-                event = None
-            finally:
-                waited += time.perf_counter() - before
-            while event is not None:
+            next_event: Awaitable[Event] = first_event
+            while True:
+                before = time.perf_counter()
+                try:
+                    event = await next_event
+                except StopAsyncIteration:
+                    break
+                finally:
+                    waited += time.perf_counter() - before
                 if isinstance(event, TextDelta):
                     if first_token:
                         first_token = False
@@ -359,13 +360,7 @@ class RoutingServicer(routing_pb2_grpc.RoutingServiceServicer):
                             ),
                         )
                     )
-                before = time.perf_counter()
-                try:
-                    event = await anext(events)
-                except StopAsyncIteration:
-                    event = None
-                finally:
-                    waited += time.perf_counter() - before
+                next_event = anext(events)
         except DuoError as error:
             outcome, error_type = error_outcome(error.reason, error.code.value)
             raise
